@@ -1,0 +1,53 @@
+"""Wires settings into running parts: the database, the event store, the pool, the key ring."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+import structlog
+from psycopg_pool import ConnectionPool
+
+from crm.infra.event_store import CrmEventStore, open_event_store
+from crm.infra.idempotency import IdempotencyStore
+from crm.infra.postgres import start_embedded
+from crm.infra.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a process of crm holds open; close() releases it."""
+
+    settings: Settings
+    database_url: str
+    store: CrmEventStore
+    pool: ConnectionPool
+    idempotency: IdempotencyStore
+    api_keys: dict[str, str] = field(repr=False, default_factory=dict)
+    generated_admin_key: str | None = field(repr=False, default=None)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.store.close()
+
+
+def resolve_database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.data_dir)
+
+
+def open_runtime(settings: Settings, *, generate_key: bool = True) -> Runtime:
+    """Open the store and the pool (starting embedded PostgreSQL if no URL is set)."""
+    url = resolve_database_url(settings)
+    store = open_event_store(url)
+    pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=5, name="crm")
+    idempotency = IdempotencyStore(pool)
+    idempotency.create_schema()
+    keys, generated = settings.key_roles(), None
+    if not keys and generate_key:
+        generated = secrets.token_urlsafe(24)
+        keys = {generated: "admin"}
+    return Runtime(settings, url, store, pool, idempotency, keys, generated)

@@ -1,0 +1,65 @@
+"""The command handlers' port, implemented on the eventsourcing application."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from crm.aggregates.sla import DEFAULT_SLA_POLICY, SlaPolicy
+from crm.commands.base import NotFoundError, VersionConflictError
+from crm.infra.event_store import CrmEventStore
+
+A = TypeVar("A")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class EventStoreUnitOfWork:
+    """Loads aggregates, checks If-Match versions, saves new events and reports their position."""
+
+    def __init__(self, store: CrmEventStore, currency: str,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.store, self.currency, self._clock = store, currency, clock
+        self._now: datetime | None = None
+
+    def now(self) -> datetime:
+        # One instant per command, so every event of a command agrees on its time.
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
+
+    def sla_policy(self) -> SlaPolicy:
+        return DEFAULT_SLA_POLICY
+
+    def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
+        try:
+            aggregate = self.store.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    def get(self, kind: type[A], aggregate_id: UUID, expected_version: int | None = None) -> A:
+        aggregate = self.find(kind, aggregate_id)
+        if aggregate is None:
+            raise NotFoundError(f"no {kind.__name__.lower()} with id {aggregate_id}")
+        version = aggregate.version  # type: ignore[attr-defined]
+        if expected_version is not None and expected_version != version:
+            raise VersionConflictError(
+                f"{kind.__name__.lower()} is at version {version}, not {expected_version}")
+        return aggregate
+
+    def save(self, *aggregates: Any) -> int:
+        """Append the aggregates' new events in one transaction; return the last one's position."""
+        try:
+            recordings = self.store.save(*aggregates)
+        except IntegrityError as error:
+            raise VersionConflictError("a concurrent command changed this aggregate; retry") from error
+        if recordings:
+            return recordings[-1].notification.id
+        return self.store.position()

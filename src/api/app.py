@@ -1,0 +1,33 @@
+"""The FastAPI application: routes, error mapping, middleware, all wired to one Runtime."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable
+
+from fastapi import FastAPI
+
+from crm.api import problems
+from crm.api.auth import KeyRing
+from crm.api.middleware import BodyLimitAndIdempotency, RequestContext
+from crm.api.routes import complaints, customers, health, orders, products
+from crm.infra.runtime import Runtime
+from crm.infra.unit_of_work import utc_now
+
+DESCRIPTION = """Event-sourced CRM core. Writes return the global `position` of their last event.
+Errors are `application/problem+json`. Authenticate with `Authorization: Bearer <key>`.
+POSTs honour `Idempotency-Key`; commands on existing aggregates honour `If-Match: <version>`."""
+
+
+def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now) -> FastAPI:
+    """Build the API over an open Runtime (the caller owns and closes it)."""
+    app = FastAPI(title="crm", version="0.1.0", description=DESCRIPTION)
+    app.state.runtime = runtime
+    app.state.keyring = KeyRing(runtime.api_keys)
+    app.state.clock = clock
+    problems.install(app)
+    for module in (health, customers, products, orders, complaints):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
+    app.add_middleware(RequestContext)  # outermost: every line of a request carries its id
+    return app

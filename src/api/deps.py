@@ -1,0 +1,68 @@
+"""What routes receive through Annotated aliases: the caller, If-Match, and the command runner."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Callable
+
+from fastapi import Depends, Header, HTTPException, Request, Response
+
+from crm.api.auth import KeyRing, Principal
+from crm.api.permissions import PERMISSIONS
+from crm.commands.base import Command, Context, Written
+from crm.commands.bus import dispatch
+from crm.infra.unit_of_work import EventStoreUnitOfWork
+
+_IF_MATCH = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+
+
+def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The authenticated caller, from `Authorization: Bearer <key>`."""
+    keyring: KeyRing = request.app.state.keyring
+    scheme, _, key = (authorization or "").partition(" ")
+    principal = keyring.authenticate(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if principal is None:
+        raise HTTPException(401, "a valid API key is required (Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def allowed(action: str) -> Callable[[Principal], Principal]:
+    roles = PERMISSIONS[action]
+
+    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+        if principal.role not in roles:
+            raise HTTPException(403, f"role '{principal.role}' may not do {action}")
+        return principal
+
+    return check
+
+
+def expected_version(if_match: Annotated[str | None, Header(alias="If-Match")] = None) -> int | None:
+    """The version the client last saw (`If-Match: 3` or `"3"`); a mismatch is 409."""
+    if if_match is None:
+        return None
+    found = _IF_MATCH.match(if_match.strip())
+    if not found:
+        raise HTTPException(400, "If-Match must be an aggregate version, e.g. If-Match: 3")
+    return int(found.group(1))
+
+
+IfMatch = Annotated[int | None, Depends(expected_version)]
+CustomersWriter = Annotated[Principal, Depends(allowed("customers.write"))]
+ProductsWriter = Annotated[Principal, Depends(allowed("products.write"))]
+OrdersWriter = Annotated[Principal, Depends(allowed("orders.write"))]
+ComplaintFiler = Annotated[Principal, Depends(allowed("complaints.file"))]
+ComplaintRater = Annotated[Principal, Depends(allowed("complaints.rate"))]
+ComplaintHandler = Annotated[Principal, Depends(allowed("complaints.handle"))]
+
+
+def execute(request: Request, response: Response, command: Command, principal: Principal,
+            version: int | None = None) -> Written:
+    """Dispatch a command as this caller; the response carries the new version as ETag."""
+    runtime = request.app.state.runtime
+    uow = EventStoreUnitOfWork(runtime.store, runtime.settings.currency, request.app.state.clock)
+    ctx = Context(actor=principal.actor, expected_version=version, customer_scope=principal.customer_id)
+    result = dispatch(command, uow, ctx)
+    response.headers["ETag"] = f'"{result.version}"'
+    return result

@@ -1,0 +1,14 @@
+"""Which roles may do what: one table, read by every route and by the access tests."""
+
+from __future__ import annotations
+
+ADMIN, AGENT, SALES, AUDITOR, CUSTOMER = "admin", "agent", "sales", "auditor", "customer"
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "customers.write": frozenset({ADMIN, SALES}),
+    "products.write": frozenset({ADMIN}),
+    "orders.write": frozenset({ADMIN, SALES}),
+    "complaints.file": frozenset({ADMIN, AGENT, CUSTOMER}),
+    "complaints.rate": frozenset({ADMIN, AGENT, CUSTOMER}),
+    "complaints.handle": frozenset({ADMIN, AGENT}),
+}

@@ -1,0 +1,69 @@
+"""The `crm` command: `crm up` runs everything in one process tree; `crm api` runs the API alone."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import structlog
+import uvicorn
+
+from crm.infra.logging import configure_logging
+from crm.infra.settings import Settings
+
+log = structlog.get_logger("crm.cli")
+
+
+def _serve(settings: Settings, banner: bool) -> None:
+    from crm.api.app import create_app
+    from crm.infra.runtime import open_runtime
+
+    runtime = open_runtime(settings)
+    try:
+        app = create_app(runtime)
+        base = f"http://127.0.0.1:{settings.http_port}"
+        if banner:
+            _print_banner(base, runtime.generated_admin_key, runtime.database_url, settings)
+        config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_config=None,
+                                access_log=False, lifespan="on")
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
+    finally:
+        runtime.close()
+        log.info("crm.stopped")
+
+
+def _print_banner(base: str, admin_key: str | None, database_url: str, settings: Settings) -> None:
+    lines = [f"crm is up.", f"  API:      {base}/v1", f"  Docs:     {base}/docs",
+             f"  Health:   {base}/health",
+             f"  Database: {'embedded, data in ' + str(settings.data_dir / 'pg') if not settings.database_url else 'CRM_DATABASE_URL'}"]
+    if admin_key:
+        lines.append(f"  Admin key (generated for this run; set CRM_API_KEYS to choose keys): {admin_key}")
+    lines.append("Stop with Ctrl-C.")
+    # The banner is for the person at the terminal, so it goes to stdout, not the log stream.
+    click.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True)
+def main(log_level: str) -> None:
+    """crm: event-sourced customer-relationship backend."""
+    configure_logging(log_level)
+
+
+@main.command()
+def up() -> None:
+    """Start the whole system (embedded PostgreSQL unless CRM_DATABASE_URL is set) and the API."""
+    _serve(Settings(), banner=True)
+
+
+@main.command()
+def api() -> None:
+    """Run the API alone (production: point CRM_DATABASE_URL at the shared server)."""
+    _serve(Settings(), banner=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Commands on customers: register, update, visits, tier overrides, lifecycle."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import EmailStr, Field, StringConstraints
+
+from crm.aggregates.customer import Customer
+from crm.commands.base import Command, Context, UnitOfWork, Written, past_date, written
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Short = Annotated[str, StringConstraints(max_length=200)]
+
+
+class SpecialDay(Command):
+    """A date worth remembering each year (anniversary, founding day)."""
+
+    label: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    date: date
+
+
+class ProfileFields(Command):
+    """Profile fields; on PATCH, only those sent are changed."""
+
+    name: Name | None = None
+    email: EmailStr | None = None
+    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
+    industry: Short | None = None
+    region: Short | None = None
+    birthday: date | None = None
+    special_days: Annotated[list[SpecialDay], Field(max_length=20)] | None = None
+    owner: Short | None = None
+
+    def as_profile(self, only_sent: bool) -> dict:
+        fields = self.model_dump(exclude_unset=only_sent)
+        if fields.get("special_days") is None and not only_sent:
+            fields["special_days"] = []
+        return fields
+
+
+class RegisterCustomer(ProfileFields):
+    """Register a new customer."""
+
+    name: Name
+
+
+class UpdateProfile(ProfileFields):
+    """Change some of a customer's profile fields."""
+
+    customer_id: UUID
+
+
+class VisitDetails(Command):
+    visited_on: date
+    by: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    notes: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+class RecordVisit(VisitDetails):
+    """Record a visit to a customer."""
+
+    customer_id: UUID
+
+
+class OverrideDetails(Command):
+    tier: Annotated[str, StringConstraints(pattern=r"^[ABCD]$")]
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    approved_by: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    expires_on: date | None = None
+
+
+class OverrideTier(OverrideDetails):
+    """Set a customer's tier by hand, with a reason and an approver."""
+
+    customer_id: UUID
+
+
+class DeactivationDetails(Command):
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class DeactivateCustomer(DeactivationDetails):
+    """Stop serving a customer: no orders or visits until reactivated."""
+
+    customer_id: UUID
+
+
+class ReactivateCustomer(Command):
+    """Serve a deactivated customer again."""
+
+    customer_id: UUID
+
+
+def register_customer(cmd: RegisterCustomer, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = Customer.register(occurred_at=uow.now(), actor=ctx.actor, **cmd.as_profile(False))
+    return written(customer, uow.save(customer))
+
+
+def update_profile(cmd: UpdateProfile, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    changes = cmd.model_dump(exclude_unset=True, exclude={"customer_id"})
+    customer.update_profile(changes, occurred_at=uow.now(), actor=ctx.actor)
+    return written(customer, uow.save(customer))
+
+
+def record_visit(cmd: RecordVisit, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    customer.record_visit(visited_on=past_date(uow, cmd.visited_on, "visited_on"), by=cmd.by,
+                          notes=cmd.notes, occurred_at=uow.now(), actor=ctx.actor)
+    return written(customer, uow.save(customer))
+
+
+def override_tier(cmd: OverrideTier, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    customer.override_tier(tier=cmd.tier, reason=cmd.reason, approved_by=cmd.approved_by,
+                           expires_on=cmd.expires_on, occurred_at=uow.now(), actor=ctx.actor)
+    return written(customer, uow.save(customer))
+
+
+def deactivate_customer(cmd: DeactivateCustomer, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    customer.deactivate(reason=cmd.reason, occurred_at=uow.now(), actor=ctx.actor)
+    return written(customer, uow.save(customer))
+
+
+def reactivate_customer(cmd: ReactivateCustomer, uow: UnitOfWork, ctx: Context) -> Written:
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    customer.reactivate(occurred_at=uow.now(), actor=ctx.actor)
+    return written(customer, uow.save(customer))
