@@ -1,0 +1,112 @@
+"""Fixtures: a real PostgreSQL (embedded, or CRM_TEST_DATABASE_URL) and API clients per role."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crm.infra.logging import configure_logging
+from crm.infra.postgres import start_embedded
+from crm.infra.runtime import Runtime, open_runtime
+from crm.infra.settings import Settings
+
+KEYS = {"admin": "test-admin-key", "agent": "test-agent-key", "sales": "test-sales-key",
+        "auditor": "test-auditor-key"}
+ROLE_KEYS = ",".join(f"{key}={role}" for role, key in KEYS.items())
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One PostgreSQL server for the session; tests isolate themselves by fresh ids."""
+    configure_logging("WARNING", json=True)
+    given = os.environ.get("CRM_TEST_DATABASE_URL")
+    return given or start_embedded(tmp_path_factory.mktemp("crm-data"))
+
+
+@pytest.fixture(scope="session")
+def runtime(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    settings = Settings(database_url=database_url, api_keys=ROLE_KEYS,
+                        data_dir=tmp_path_factory.mktemp("crm-dir"), kafka_bootstrap="off")
+    rt = open_runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from crm.api.app import create_app
+
+    return create_app(runtime)
+
+
+@pytest.fixture(scope="session")
+def anonymous(app) -> TestClient:  # type: ignore[no-untyped-def]
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def _client(app, key: str) -> TestClient:  # type: ignore[no-untyped-def]
+    return TestClient(app, headers={"Authorization": f"Bearer {key}"}, raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def admin(app) -> TestClient:  # type: ignore[no-untyped-def]
+    return _client(app, KEYS["admin"])
+
+
+@pytest.fixture(scope="session")
+def clients(app) -> dict[str, TestClient]:  # type: ignore[no-untyped-def]
+    return {role: _client(app, key) for role, key in KEYS.items()}
+
+
+@pytest.fixture
+def customer_client(runtime: Runtime) -> Callable[[str], TestClient]:
+    """A client whose key is `customer:<id>` for the given customer (self-service)."""
+    from crm.api.app import create_app
+
+    def make(customer_id: str) -> TestClient:
+        key = f"test-customer-{uuid.uuid4().hex}"
+        keyed = Runtime(**{**runtime.__dict__, "api_keys": {**runtime.api_keys, key: f"customer:{customer_id}"}})
+        return _client(create_app(keyed), key)
+
+    return make
+
+
+@pytest.fixture
+def sku() -> str:
+    return f"SKU-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def product(admin: TestClient, sku: str) -> dict:
+    response = admin.post("/v1/products", json={"sku": sku, "name": "Widget", "standard_cost": "2.50",
+                                                "list_price": "4.00", "supplier": "Acme Supply"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture
+def customer(admin: TestClient) -> dict:
+    response = admin.post("/v1/customers", json={"name": "Globex", "email": "buyer@globex.example",
+                                                 "region": "North", "birthday": "1980-02-29"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture
+def order(admin: TestClient, customer: dict, product: dict) -> dict:
+    response = admin.post("/v1/orders", json={"customer_id": customer["id"], "lines": [
+        {"sku": product["sku"], "quantity": 3, "unit_price": "4.00"}]})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture
+def complaint(admin: TestClient, customer: dict) -> dict:
+    response = admin.post("/v1/complaints", json={"customer_id": customer["id"], "category": "delivery",
+                                                  "description": "arrived late"})
+    assert response.status_code == 201, response.text
+    return response.json()
