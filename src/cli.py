@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from typing import Callable
 
 import click
 import structlog
@@ -22,16 +25,25 @@ def _serve(settings: Settings, banner: bool) -> None:
     try:
         app = create_app(runtime)
         base = f"http://127.0.0.1:{settings.http_port}"
-        if banner:
-            _print_banner(base, runtime.generated_admin_key, runtime.database_url, settings)
         config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_config=None,
                                 access_log=False, lifespan="on")
-        uvicorn.Server(config).run()
+        server = uvicorn.Server(config)
+        if banner:  # printed once the socket is bound, so every URL in it answers
+            announce = lambda: _print_banner(base, runtime.generated_admin_key, runtime.database_url, settings)
+            threading.Thread(target=_when_started, args=(server, announce), daemon=True).start()
+        server.run()
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
     finally:
         runtime.close()
         log.info("crm.stopped")
+
+
+def _when_started(server: uvicorn.Server, announce: Callable[[], None]) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        announce()
 
 
 def _print_banner(base: str, admin_key: str | None, database_url: str, settings: Settings) -> None:

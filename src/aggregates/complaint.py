@@ -10,7 +10,7 @@ from eventsourcing.domain import Aggregate, event
 
 from crm.aggregates.errors import IllegalTransitionError, InvalidValueError, RuleViolationError
 from crm.aggregates.sla import Deadlines, SlaPolicy, shift_clock, start_clock
-from crm.aggregates.values import optional_text, require_text
+from crm.aggregates.values import optional_text, require_text, require_tier
 
 OPEN, IN_PROGRESS, AWAITING = "open", "in_progress", "awaiting_customer"
 RESOLVED, CONFIRMED, CLOSED = "resolved", "confirmed", "closed"
@@ -46,7 +46,7 @@ class Complaint(Aggregate):
              order_id: UUID | None, sku: str | None, channel: str | None, policy: SlaPolicy,
              occurred_at: datetime, actor: str) -> Complaint:
         """File a complaint; the customer's tier now fixes the clock (unrated runs on D's time)."""
-        duration = policy.duration_for(tier)
+        duration = policy.duration_for(None if tier is None else require_tier(tier))
         clock = start_clock(occurred_at, duration, policy.warn_ratio)
         return cls(customer_id=customer_id, tier=tier, category=require_text("category", category, max_len=100),
                    description=require_text("description", description, max_len=10_000),
@@ -137,6 +137,8 @@ class Complaint(Aggregate):
         self._check("issue_sla_warning")
         if self.warned_for == self.deadlines.warn_at:
             raise AlreadyRecordedError("the SLA warning for this deadline was already issued")
+        if occurred_at < self.deadlines.warn_at:
+            raise RuleViolationError("the warning mark has not passed yet")
         self._sla_warning_issued(warn_at=self.deadlines.warn_at, due_at=self.deadlines.due_at,
                                  occurred_at=occurred_at, actor=actor)
 
@@ -184,6 +186,8 @@ class Complaint(Aggregate):
                                  actor: str) -> None:
         """The customer was told of the confirmed resolution; once per confirmation."""
         self._check("record_customer_notified")
+        if self.confirmed_version is None:
+            raise RuleViolationError("the current resolution was never confirmed; nothing to notify")
         if self.notified_for_version == self.confirmed_version:
             raise AlreadyRecordedError("the customer was already notified of this resolution")
         self._customer_notified(channel=require_text("channel", channel, max_len=20),
@@ -222,7 +226,7 @@ class Complaint(Aggregate):
                   actor: str) -> None:
         self.deadlines = Deadlines(warn_at=warn_at, due_at=due_at)
         self.status = IN_PROGRESS if self.assignee else OPEN
-        self.resolution, self.rating = None, None
+        self.resolution, self.rating, self.confirmed_version = None, None, None
 
     def close(self, *, reason: str | None, occurred_at: datetime, actor: str) -> None:
         self._check("close")

@@ -36,6 +36,12 @@ def _special_days(days: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return checked
 
 
+def _birthday(value: object) -> date | None:
+    if value is not None and (not isinstance(value, date) or isinstance(value, datetime)):
+        raise InvalidValueError("birthday must be a calendar date")
+    return value  # type: ignore[return-value]
+
+
 def check_profile(fields: dict[str, Any]) -> dict[str, Any]:
     """Validate and normalise the given profile fields (only those present)."""
     unknown = set(fields) - set(PROFILE_FIELDS)
@@ -48,7 +54,7 @@ def check_profile(fields: dict[str, Any]) -> dict[str, Any]:
         "industry": lambda v: optional_text("industry", v, max_len=100),
         "region": lambda v: optional_text("region", v, max_len=100),
         "owner": lambda v: optional_text("owner", v, max_len=200),
-        "birthday": lambda v: v,
+        "birthday": _birthday,
         "special_days": _special_days,
     }
     return {name: checks[name](value) for name, value in fields.items()}
@@ -59,7 +65,7 @@ class Customer(Aggregate):
 
     @classmethod
     def register(cls, *, occurred_at: datetime, actor: str, **profile: Any) -> Customer:
-        checked = check_profile({f: profile.get(f) for f in PROFILE_FIELDS})
+        checked = check_profile({**{f: None for f in PROFILE_FIELDS}, **profile})
         return cls(occurred_at=occurred_at, actor=actor, **checked)
 
     @event("Registered")

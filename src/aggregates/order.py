@@ -69,6 +69,8 @@ class Order(Aggregate):
               warned_complaint_ids: Sequence[UUID] = (), actor: str) -> Order:
         if not customer.active:
             raise CustomerInactiveError("a deactivated customer cannot place orders")
+        if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+            raise InvalidValueError("currency must be an ISO 4217 code such as EUR")
         priced = price_lines(lines, products, occurred_at.date())
         revenue, cost, profit, margin = forecast(priced)
         return cls(customer_id=customer.id, lines=priced, currency=currency, revenue=revenue,
@@ -101,7 +103,7 @@ class Order(Aggregate):
             raise OrderStateError(f"cannot {action} an order that is {self.status}")
 
     def ship(self, *, occurred_at: datetime, actor: str) -> None:
-        self._refuse_unless(self.status == "placed", "ship")
+        self._refuse_unless(not self.cancelled and self.shipped_at is None, "ship")
         self._shipped(occurred_at=occurred_at, actor=actor)
 
     @event("Shipped")

@@ -10,6 +10,7 @@ from crm.aggregates.errors import InvalidValueError
 
 TIERS = ("A", "B", "C", "D")
 MONEY_PLACES = Decimal("0.0001")
+MAX_MONEY_DIGITS = 14  # integer digits: 18 significant digits with 4 decimal places
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -49,6 +50,8 @@ def require_money(field: str, value: Decimal, *, positive: bool = False) -> Deci
         raise InvalidValueError(f"{field} must be a finite decimal")
     if value < 0 or (positive and value == 0):
         raise InvalidValueError(f"{field} must be {'> 0' if positive else '>= 0'}")
+    if value.adjusted() >= MAX_MONEY_DIGITS:
+        raise InvalidValueError(f"{field} is too large")
     if value != value.quantize(MONEY_PLACES):
         raise InvalidValueError(f"{field} has more than 4 decimal places")
     return value

@@ -403,3 +403,25 @@ def test_an_order_rebuilt_from_its_events_matches_the_live_one():
     assert (rebuilt.shipped_at, rebuilt.invoiced_amount, rebuilt.paid) == \
         (T1, Decimal("12.00"), Decimal("5.00"))
     assert rebuilt.status == live.status == "invoiced"
+
+
+def test_an_order_invoiced_before_shipping_can_still_be_shipped() -> None:
+    order = given_order("invoice")
+    order.ship(occurred_at=T2, actor=ACTOR)
+    (event,) = order.collect_events()
+    assert type(event) is Order.Shipped
+    assert order.status == "invoiced"  # payment state wins over fulfilment in the summary status
+
+
+def test_an_order_ships_only_once_even_after_invoicing() -> None:
+    order = given_order("ship", "invoice")
+    with pytest.raises(OrderStateError):
+        order.ship(occurred_at=T2, actor=ACTOR)
+    assert order.collect_events() == []
+
+
+@pytest.mark.parametrize("currency", ["", "eur", "EURO", "E1R"])
+def test_an_order_in_a_malformed_currency_is_refused(currency: str) -> None:
+    with pytest.raises(InvalidValueError):
+        Order.place(customer=a_customer(), products=catalogue(), lines=[line()], currency=currency,
+                    occurred_at=T0, actor=ACTOR)
