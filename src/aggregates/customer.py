@@ -81,6 +81,8 @@ class Customer(Aggregate):
         self.tier: str | None = None
         self.score: Decimal | None = None
         self.override: dict[str, Any] | None = None
+        # (at, kind, tier, expires_on) in event order: the tier as it stood at any instant.
+        self.tier_log: list[tuple[datetime, str, str, date | None]] = []
 
     def update_profile(self, changes: dict[str, Any], *, occurred_at: datetime, actor: str) -> None:
         """Change some profile fields; an update that changes nothing records nothing."""
@@ -125,6 +127,7 @@ class Customer(Aggregate):
                        indicators: dict[str, Any], policy_version: int, reason: str,
                        run_id: str | None, occurred_at: datetime, actor: str) -> None:
         self.tier, self.score = tier, score
+        self.tier_log.append((occurred_at, "assigned", tier, None))
 
     def override_tier(self, *, tier: str, reason: str, approved_by: str, expires_on: date | None,
                       occurred_at: datetime, actor: str) -> None:
@@ -142,12 +145,26 @@ class Customer(Aggregate):
     def _tier_overridden(self, tier: str, previous_tier: str | None, reason: str, approved_by: str,
                          expires_on: date | None, occurred_at: datetime, actor: str) -> None:
         self.override = {"tier": tier, "expires_on": expires_on}
+        self.tier_log.append((occurred_at, "override", tier, expires_on))
 
     def effective_tier(self, on: date) -> str | None:
         """The tier that applies on a day: an unexpired override, else the computed tier."""
         if self.override and (self.override["expires_on"] is None or on < self.override["expires_on"]):
             return self.override["tier"]
         return self.tier
+
+    def tier_at(self, when: datetime) -> str | None:
+        """The tier in force at an instant (for back-dated facts): the latest override set by
+        then and not yet expired, else the latest computed tier assigned by then."""
+        assigned = override = None
+        for at, kind, tier, expires_on in self.tier_log:
+            if at > when:
+                continue
+            if kind == "assigned":
+                assigned = tier
+            else:
+                override = tier if expires_on is None or when.date() < expires_on else None
+        return override or assigned
 
     def deactivate(self, *, reason: str | None, occurred_at: datetime, actor: str) -> None:
         if not self.active:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
@@ -84,7 +84,7 @@ def business_time(uow: UnitOfWork, given: datetime | None, field: str) -> dateti
         return now
     if given > now + CLOCK_SKEW:
         raise InvalidValueError(f"{field} must not be in the future")
-    return given
+    return given.astimezone(timezone.utc)  # stored and returned in UTC, whatever offset was sent
 
 
 def past_date(uow: UnitOfWork, given: date, field: str) -> date:

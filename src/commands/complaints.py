@@ -98,7 +98,7 @@ def file_complaint(cmd: FileComplaint, uow: UnitOfWork, ctx: Context) -> Written
     ctx.ensure_scope(customer.id)
     _check_references(cmd, uow)
     filed_at = business_time(uow, cmd.filed_at, "filed_at")
-    complaint = Complaint.file(customer_id=customer.id, tier=customer.effective_tier(filed_at.date()),
+    complaint = Complaint.file(customer_id=customer.id, tier=customer.tier_at(filed_at),
                                category=cmd.category, description=cmd.description, order_id=cmd.order_id,
                                sku=cmd.sku, channel=cmd.channel, policy=uow.sla_policy(),
                                occurred_at=filed_at, actor=ctx.actor)

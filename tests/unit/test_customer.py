@@ -484,3 +484,29 @@ def test_a_customer_rebuilt_from_its_events_matches_the_live_one():
     assert rebuilt.visits == live.visits
     assert rebuilt.override == live.override == {"tier": "A", "expires_on": date(2026, 3, 1)}
     assert rebuilt.effective_tier(date(2026, 2, 1)) == "A"
+
+
+def test_the_tier_at_an_instant_follows_assignments_and_unexpired_overrides():
+    customer = given_customer()
+    assign(customer, "C", at=T0)
+    customer.override_tier(tier="A", reason="key account", approved_by="cfo", expires_on=date(2026, 2, 1),
+                           occurred_at=T0 + timedelta(days=10), actor=ACTOR)
+    assign(customer, "B", at=T0 + timedelta(days=20))
+    assert customer.tier_at(T0 - timedelta(days=1)) is None                 # before any tier
+    assert customer.tier_at(T0 + timedelta(days=5)) == "C"                  # assigned
+    assert customer.tier_at(T0 + timedelta(days=15)) == "A"                 # override in force
+    assert customer.tier_at(T0 + timedelta(days=22)) == "A"                 # a run does not beat the override
+    assert customer.tier_at(datetime(2026, 2, 1, tzinfo=timezone.utc)) == "B"  # expired on its date
+
+
+def test_the_tier_at_an_instant_survives_replay():
+    customer = register()
+    assign(customer, "B", at=T0)
+    override(customer, "A", at=T1, expires_on=date(2026, 3, 1))
+    rebuilt = None
+    for event in customer.collect_events():
+        rebuilt = event.mutate(rebuilt)
+    assert rebuilt is not None
+    for when in (T0, T1, datetime(2026, 3, 2, tzinfo=timezone.utc)):
+        assert rebuilt.tier_at(when) == customer.tier_at(when)
+    assert rebuilt.tier_at(T1) == "A"

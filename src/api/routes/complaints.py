@@ -30,9 +30,15 @@ def _step(step: str, complaint_id: UUID, body: k.Command, request: Request, resp
 
 
 def _route(step: str, model: type[k.Command], doc: str, principal_type: Any) -> None:
-    def take_step(complaint_id: UUID, body: model, request: Request, response: Response,  # type: ignore[valid-type]
-                  who: principal_type, version: IfMatch) -> ComplaintStatus:  # type: ignore[valid-type]
-        return _step(step, complaint_id, body, request, response, who, version)
+    if any(field.is_required() for field in model.model_fields.values()):
+        def take_step(complaint_id: UUID, body: model, request: Request, response: Response,  # type: ignore[valid-type]
+                      who: principal_type, version: IfMatch) -> ComplaintStatus:  # type: ignore[valid-type]
+            return _step(step, complaint_id, body, request, response, who, version)
+    else:  # every field optional: the body may be left out
+        def take_step(complaint_id: UUID, request: Request, response: Response,  # type: ignore[misc]
+                      who: principal_type, version: IfMatch,  # type: ignore[valid-type]
+                      body: model | None = None) -> ComplaintStatus:  # type: ignore[valid-type]
+            return _step(step, complaint_id, body or model(), request, response, who, version)
 
     take_step.__doc__ = doc
     take_step.__name__ = f"complaint_{step.replace('-', '_')}"

@@ -48,10 +48,10 @@ def override_tier(customer_id: UUID, body: c.OverrideDetails, request: Request, 
 
 
 @router.post("/{customer_id}/deactivate", response_model=WriteResult)
-def deactivate(customer_id: UUID, body: c.DeactivationDetails, request: Request, response: Response,
-               who: CustomersWriter, version: IfMatch) -> WriteResult:
-    """Deactivate the customer: no orders or visits until reactivated."""
-    command = c.DeactivateCustomer(customer_id=customer_id, **body.model_dump())
+def deactivate(customer_id: UUID, request: Request, response: Response,
+               who: CustomersWriter, version: IfMatch, body: c.DeactivationDetails | None = None) -> WriteResult:
+    """Deactivate the customer (body optional): no orders or visits until reactivated."""
+    command = c.DeactivateCustomer(customer_id=customer_id, **(body or c.DeactivationDetails()).model_dump())
     return WriteResult.of(execute(request, response, command, who, version))
 
 
