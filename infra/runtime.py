@@ -11,6 +11,7 @@ from psycopg_pool import ConnectionPool
 from crm.infra.event_store import CrmEventStore, open_event_store
 from crm.infra.idempotency import IdempotencyStore
 from crm.infra.postgres import start_embedded
+from crm.infra.read_store import PgReadStore
 from crm.infra.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,6 +26,8 @@ class Runtime:
     store: CrmEventStore
     pool: ConnectionPool
     idempotency: IdempotencyStore
+    reads: PgReadStore
+    cursor_secret: bytes = field(repr=False, default=b"")
     api_keys: dict[str, str] = field(repr=False, default_factory=dict)
     generated_admin_key: str | None = field(repr=False, default=None)
 
@@ -43,11 +46,22 @@ def open_runtime(settings: Settings, *, generate_key: bool = True) -> Runtime:
     """Open the store and the pool (starting embedded PostgreSQL if no URL is set)."""
     url = resolve_database_url(settings)
     store = open_event_store(url)
-    pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=5, name="crm")
+    # Every session in UTC, so dates and years of timestamps mean UTC days in every query.
+    pool = ConnectionPool(url, min_size=1, max_size=8, open=True, timeout=5, name="crm",
+                          kwargs={"options": "-c TimeZone=UTC"})
     idempotency = IdempotencyStore(pool)
     idempotency.create_schema()
     keys, generated = settings.key_roles(), None
     if not keys and generate_key:
         generated = secrets.token_urlsafe(24)
         keys = {generated: "admin"}
-    return Runtime(settings, url, store, pool, idempotency, keys, generated)
+    secret = cursor_secret(pool)
+    return Runtime(settings, url, store, pool, idempotency, PgReadStore(pool), secret, keys, generated)
+
+
+def cursor_secret(pool: ConnectionPool) -> bytes:
+    """The key that signs pagination cursors, made once and shared by every API process."""
+    with pool.connection() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS crm_secrets (name text PRIMARY KEY, value bytea NOT NULL)")
+        conn.execute("INSERT INTO crm_secrets VALUES ('cursor', %s) ON CONFLICT DO NOTHING", (secrets.token_bytes(32),))
+        return bytes(conn.execute("SELECT value FROM crm_secrets WHERE name = 'cursor'").fetchone()[0])

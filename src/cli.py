@@ -17,11 +17,13 @@ from crm.infra.settings import Settings
 log = structlog.get_logger("crm.cli")
 
 
-def _serve(settings: Settings, banner: bool) -> None:
+def _serve(settings: Settings, banner: bool, with_projections: bool) -> None:
     from crm.api.app import create_app
+    from crm.infra.read_models import start_runners, stop_runners
     from crm.infra.runtime import open_runtime
 
     runtime = open_runtime(settings)
+    runners = start_runners(runtime.database_url) if with_projections else {}
     try:
         app = create_app(runtime)
         base = f"http://127.0.0.1:{settings.http_port}"
@@ -35,6 +37,7 @@ def _serve(settings: Settings, banner: bool) -> None:
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
     finally:
+        stop_runners(runners)
         runtime.close()
         log.info("crm.stopped")
 
@@ -68,13 +71,68 @@ def main(log_level: str) -> None:
 @main.command()
 def up() -> None:
     """Start the whole system (embedded PostgreSQL unless CRM_DATABASE_URL is set) and the API."""
-    _serve(Settings(), banner=True)
+    _serve(Settings(), banner=True, with_projections=True)
 
 
 @main.command()
 def api() -> None:
     """Run the API alone (production: point CRM_DATABASE_URL at the shared server)."""
-    _serve(Settings(), banner=False)
+    _serve(Settings(), banner=False, with_projections=False)
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def projections(ctx: click.Context) -> None:
+    """Run the read-model projections alone (they follow the event log until Ctrl-C)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from crm.infra.read_models import start_runners, stop_runners
+    from crm.infra.runtime import resolve_database_url
+
+    runners = start_runners(resolve_database_url(Settings()))
+    log.info("projections.running", names=sorted(runners))
+    try:
+        while all(not r.is_interrupted.wait(1.0) for r in runners.values()):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_runners(runners)
+
+
+@projections.command()
+def checksum() -> None:
+    """Print a digest of every read-model table (a rebuild must give the same digests)."""
+    from crm.infra.rebuild import checksums
+    from crm.infra.runtime import open_runtime
+
+    runtime = open_runtime(Settings(), generate_key=False)
+    try:
+        for name, tables in checksums(runtime.store).items():
+            for table, digest in tables.items():
+                click.echo(f"{name}.{table} {digest}")
+    finally:
+        runtime.close()
+
+
+@main.command()
+@click.argument("name", default="all")
+def rebuild(name: str) -> None:
+    """Replay the event log into fresh read-model tables (NAME or all), then swap them in."""
+    from crm.infra.rebuild import rebuild as run_rebuild
+    from crm.infra.runtime import open_runtime
+    from crm.projections import PROJECTIONS
+
+    if name != "all" and name not in PROJECTIONS:
+        raise click.BadParameter(f"one of: all, {', '.join(PROJECTIONS)}", param_hint="NAME")
+    runtime = open_runtime(Settings(), generate_key=False)
+    try:
+        for each in PROJECTIONS if name == "all" else [name]:
+            report = run_rebuild(runtime.store, runtime.database_url, each, show_progress=True)
+            click.echo(f"{each}: {report.events} events to position {report.position} in {report.seconds:.2f} s "
+                       f"({report.events_per_s:,.0f} events/s)")
+    finally:
+        runtime.close()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,17 @@ def runtime(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session")
-def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+def projection_runners(runtime: Runtime) -> Iterator[dict]:
+    """The library's ProjectionRunners, following the log as in `crm up`."""
+    from crm.infra.read_models import start_runners, stop_runners
+
+    runners = start_runners(runtime.database_url)
+    yield runners
+    stop_runners(runners)
+
+
+@pytest.fixture(scope="session")
+def app(runtime: Runtime, projection_runners: dict):  # type: ignore[no-untyped-def]
     from crm.api.app import create_app
 
     return create_app(runtime)

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from crm.api import problems
 from crm.api.auth import KeyRing
 from crm.api.middleware import BodyLimitAndIdempotency, RequestContext
-from crm.api.routes import complaints, customers, health, orders, products
+from crm.api.routes import complaints, customers, health, orders, products, queries, reports
 from crm.infra.runtime import Runtime
+from crm.queries.base import CursorCodec
 from crm.infra.unit_of_work import utc_now
 
 DESCRIPTION = """Event-sourced CRM core. Writes return the global `position` of their last event.
@@ -25,8 +26,9 @@ def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now) -> Fas
     app.state.runtime = runtime
     app.state.keyring = KeyRing(runtime.api_keys)
     app.state.clock = clock
+    app.state.cursor_codec = CursorCodec(runtime.cursor_secret)
     problems.install(app)
-    for module in (health, customers, products, orders, complaints):
+    for module in (health, customers, products, orders, complaints, queries, reports):
         app.include_router(module.router)
     app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
     app.add_middleware(RequestContext)  # outermost: every line of a request carries its id

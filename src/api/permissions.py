@@ -11,4 +11,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "complaints.file": frozenset({ADMIN, AGENT, CUSTOMER}),
     "complaints.rate": frozenset({ADMIN, AGENT, CUSTOMER}),
     "complaints.handle": frozenset({ADMIN, AGENT}),
+    "customers.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
+    "complaints.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
+    "reports.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
+    # Self-service: a customer key reads its own orders and complaints (checked per route).
+    "own.read": frozenset({ADMIN, SALES, AGENT, AUDITOR, CUSTOMER}),
 }

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from crm.aggregates.errors import InvalidValueError, RuleViolationError
 from crm.commands.base import ForbiddenError, NotFoundError, VersionConflictError
+from crm.queries.base import BadCursorError
 
 log = structlog.get_logger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -64,6 +65,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(VersionConflictError)
     async def version_conflict(_: Request, exc: VersionConflictError) -> JSONResponse:
         return problem(409, str(exc), slug="version-conflict")
+
+    @app.exception_handler(BadCursorError)
+    async def bad_cursor(_: Request, exc: BadCursorError) -> JSONResponse:
+        return problem(422, str(exc), slug="bad-cursor")
 
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:

@@ -15,5 +15,6 @@ async def health(request: Request) -> dict[str, Any]:
     """Ready when the event store answers: its position, each projection's position, the broker."""
     runtime = request.app.state.runtime
     position = await run_in_threadpool(runtime.store.position)
-    return {"status": "ok", "position": position, "projections": {},
+    projections = await run_in_threadpool(runtime.reads.positions)
+    return {"status": "ok", "position": position, "projections": projections,
             "kafka_bootstrap": runtime.settings.kafka_bootstrap}

@@ -1,0 +1,114 @@
+"""Read models in PostgreSQL: one schema per projection, holding its tables and its tracking row.
+
+Live: the library's ProjectionRunner feeds each event to the projection, whose view writes the
+tracking position first (the library refuses a position that does not advance, so an event is
+never applied twice) and then the rows, in one transaction with synchronous_commit off (a crash
+loses both together; the runner then replays them). Rebuild: the same writes, thousands of events
+per transaction, into `<schema>_next`; then a swap that catches up under a lock on the live
+tracking table, drops the live schema and renames the new one, so the API keeps serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import structlog
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.projection import ProjectionRunner
+from psycopg import sql
+
+from crm.infra.event_store import CrmEventStore
+from crm.infra.postgres import eventsourcing_env
+from crm.projections import PROJECTIONS
+from crm.projections.base import ReadModelProjection, Write
+
+log = structlog.get_logger(__name__)
+APP = CrmEventStore.name
+
+
+class ProjectionView(PostgresTrackingRecorder):
+    """The library's tracking recorder, plus the projection's own tables in the same schema."""
+
+    projection: type[ReadModelProjection]
+
+    def create_table(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.datastore.schema)))
+        super().create_table()
+        with self.datastore.transaction(commit=True) as curs:
+            self._use_schema(curs)
+            for table, columns in self.projection.tables.items():
+                curs.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")  # static text, not input
+            for statement in self.projection.indexes:
+                curs.execute(statement)
+
+    def _use_schema(self, curs: Any) -> None:
+        curs.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(self.datastore.schema)))
+
+    def apply(self, writes: Sequence[Write], tracking: Tracking) -> None:
+        """One event: tracking first (refused if not advancing), then its rows, one transaction."""
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                curs.execute("SET LOCAL synchronous_commit = off")
+                self._use_schema(curs)
+                self._insert_tracking(curs, tracking)
+                for write in writes:
+                    curs.execute(write.sql, write.params)
+        except IntegrityError:
+            log.debug("projection.skip_applied", projection=self.projection.name, position=tracking.notification_id)
+
+    def apply_batch(self, batch: Sequence[tuple[Sequence[Write], int]], curs: Any | None = None) -> None:
+        """Many events in one transaction (rebuild): rows in order, then the last position."""
+        if not batch:
+            return
+        if curs is not None:
+            return self._write_batch(curs, batch)
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("SET LOCAL synchronous_commit = off")
+            self._write_batch(curs, batch)
+
+    def _write_batch(self, curs: Any, batch: Sequence[tuple[Sequence[Write], int]]) -> None:
+        self._use_schema(curs)
+        with curs.connection.pipeline():
+            for writes, _ in batch:
+                for write in writes:
+                    curs.execute(write.sql, write.params)
+        self._insert_tracking(curs, Tracking(APP, batch[-1][1]))
+
+    def position(self) -> int:
+        return self.max_tracking_id(APP) or 0
+
+
+def view_env(database_url: str, name: str, schema: str) -> dict[str, str]:
+    return {**eventsourcing_env(database_url), f"{name.upper()}_POSTGRES_SCHEMA": schema}
+
+
+def view_class(projection: type[ReadModelProjection]) -> type[ProjectionView]:
+    return type(f"{projection.__name__}View", (ProjectionView,), {"projection": projection})
+
+
+def open_view(database_url: str, projection: type[ReadModelProjection], schema: str | None = None) -> ProjectionView:
+    """A view on the live schema (or another, for a rebuild); creates its tables when missing."""
+    from eventsourcing.persistence import InfrastructureFactory
+    from eventsourcing.utils import Environment
+
+    env = Environment(projection.name, view_env(database_url, projection.name, schema or projection.schema))
+    return InfrastructureFactory.construct(env=env).tracking_recorder(view_class(projection))
+
+
+def start_runners(database_url: str, names: Iterable[str] | None = None) -> dict[str, ProjectionRunner]:
+    """Start the library's ProjectionRunner for each projection (each follows the log in a thread)."""
+    runners = {}
+    for name in names or PROJECTIONS:
+        projection = PROJECTIONS[name]
+        runner = ProjectionRunner(application_class=CrmEventStore, projection_class=projection,
+                                  view_class=view_class(projection),
+                                  env=view_env(database_url, name, projection.schema))
+        runners[name] = runner.__enter__()  # the runner is a context manager; stop_runners exits it
+    return runners
+
+
+def stop_runners(runners: dict[str, ProjectionRunner]) -> None:
+    for runner in runners.values():
+        runner.__exit__(None, None, None)

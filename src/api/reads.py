@@ -1,0 +1,67 @@
+"""What query routes share: read-your-writes, strict query parameters, pages, the caller's scope."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Callable
+from uuid import UUID
+
+from fastapi import Depends, Header, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from crm.api.auth import Principal
+from crm.queries.base import MAX_LIMIT, CursorCodec, ReadStore
+
+WAIT_SECONDS = 5.0
+
+
+async def read_your_writes(request: Request,
+                           min_position: Annotated[int | None, Header(alias="X-Min-Position", ge=0)] = None) -> None:
+    """With `X-Min-Position: N`, wait (at most 5 s) until every read model has processed position N."""
+    if min_position is None:
+        return
+    reads = request.app.state.runtime.reads
+    if not await run_in_threadpool(reads.wait_for, min_position, WAIT_SECONDS):
+        raise HTTPException(503, f"the read models have not reached position {min_position} yet",
+                            headers={"Retry-After": "1"})
+
+
+def only(*allowed: str) -> Callable[[Request], None]:
+    """Refuse query parameters the route does not know (a typo must not silently widen a filter)."""
+    known = set(allowed)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise HTTPException(422, f"unknown query parameters: {', '.join(unknown)}")
+
+    return check
+
+
+def reads(request: Request) -> ReadStore:
+    return request.app.state.runtime.reads
+
+
+def codec(request: Request) -> CursorCodec:
+    return request.app.state.cursor_codec
+
+
+def today(request: Request) -> date:
+    return request.app.state.clock().date()
+
+
+def capped(limit: Annotated[int, Query(ge=1, description="page size; capped at 500")] = 50) -> int:
+    return min(limit, MAX_LIMIT)
+
+
+def ensure_own(principal: Principal, customer_id: UUID | None) -> None:
+    """A customer key sees only its own customer's data; other roles see all."""
+    if principal.customer_id is not None and principal.customer_id != customer_id:
+        raise HTTPException(403, "this key may read only its own customer's data")
+
+
+Reads = Annotated[ReadStore, Depends(reads)]
+Codec = Annotated[CursorCodec, Depends(codec)]
+Today = Annotated[date, Depends(today)]
+Limit = Annotated[int, Depends(capped)]
+Cursor = Annotated[str | None, Query(max_length=2000, description="from the previous page's next_cursor")]

@@ -1,0 +1,59 @@
+"""What every read-model projection shares: writes as data, applied with the tracking position."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+
+@dataclass(frozen=True)
+class Write:
+    """One SQL statement against the projection's own tables (unqualified names)."""
+
+    sql: str
+    params: Mapping[str, Any]
+
+
+class ReadModelView(Protocol):
+    """The materialised view a projection writes to (implemented in crm.infra.read_models)."""
+
+    def apply(self, writes: Sequence[Write], tracking: Tracking) -> None: ...
+
+
+def as_json(value: Any) -> str:
+    """Event data as JSON for jsonb columns (Decimal as string, dates ISO, ids as text)."""
+    return json.dumps(value, default=_plain, sort_keys=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Decimal, UUID)):
+        return str(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(type(value))
+
+
+class ReadModelProjection(Projection[Any]):
+    """A projection is a function of (view, event): it turns each event into writes.
+
+    Events it does not handle produce no writes, but their position is still tracked,
+    so `X-Min-Position` and /health can compare every projection with the log's head.
+    """
+
+    schema: ClassVar[str]                 # the PostgreSQL schema that holds its tables
+    tables: ClassVar[dict[str, str]]      # table name -> CREATE TABLE body (columns, keys)
+    indexes: ClassVar[tuple[str, ...]] = ()
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.apply(self.writes_for(domain_event), tracking)
+
+    def writes_for(self, domain_event: Any) -> list[Write]:
+        """Each projection dispatches on the event's type with its own singledispatchmethod."""
+        raise NotImplementedError
