@@ -40,8 +40,8 @@ def eventsourcing_env(url: str) -> dict[str, str]:
         "POSTGRES_PORT": str(parts.port or query.get("port", ["5432"])[0]),
         "POSTGRES_USER": unquote(parts.username or "postgres"),
         "POSTGRES_PASSWORD": unquote(parts.password or ""),
-        "POSTGRES_POOL_SIZE": "8",
-        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_POOL_SIZE": "2",   # opened eagerly; more on demand up to 2 + 10
+        "POSTGRES_MAX_OVERFLOW": "10",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "POSTGRES_LOCK_TIMEOUT": "5",
     }

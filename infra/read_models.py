@@ -81,7 +81,10 @@ class ProjectionView(PostgresTrackingRecorder):
 
 
 def view_env(database_url: str, name: str, schema: str) -> dict[str, str]:
-    return {**eventsourcing_env(database_url), f"{name.upper()}_POSTGRES_SCHEMA": schema}
+    # A runner needs few connections (its subscription, its view's writes); the library opens
+    # POSTGRES_POOL_SIZE of them eagerly, so keep it small or three runners exhaust the server.
+    return {**eventsourcing_env(database_url), f"{name.upper()}_POSTGRES_SCHEMA": schema,
+            "POSTGRES_POOL_SIZE": "1", "POSTGRES_MAX_OVERFLOW": "3"}
 
 
 def view_class(projection: type[ReadModelProjection]) -> type[ProjectionView]:

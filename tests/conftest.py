@@ -120,3 +120,41 @@ def complaint(admin: TestClient, customer: dict) -> dict:
                                                   "description": "arrived late"})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+@pytest.fixture
+def fresh_system(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
+    """A whole crm on its own new database, for tests that need exact totals or a controlled clock.
+
+    Yields a factory: make(clock=None) -> (runtime, admin client); runners follow the log.
+    """
+    import psycopg
+    from datetime import datetime, timezone
+
+    from crm.api.app import create_app
+    from crm.infra.read_models import start_runners, stop_runners
+
+    opened: list = []
+
+    def make(clock=None, with_runners=True):  # type: ignore[no-untyped-def]
+        name = f"crm_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = _with_database(database_url, name)
+        rt = open_runtime(Settings(database_url=url, api_keys=ROLE_KEYS, data_dir=tmp_path, kafka_bootstrap="off"))
+        runners = start_runners(url) if with_runners else {}
+        opened.append((rt, runners))
+        app = create_app(rt, clock=clock or (lambda: datetime.now(timezone.utc)))
+        return rt, _client(app, KEYS["admin"])
+
+    yield make
+    for rt, runners in opened:
+        stop_runners(runners)
+        rt.close()
+
+
+def _with_database(url: str, name: str) -> str:
+    from urllib.parse import urlparse, urlunparse
+
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path=f"/{name}"))
