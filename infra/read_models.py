@@ -68,13 +68,26 @@ class ProjectionView(PostgresTrackingRecorder):
             curs.execute("SET LOCAL synchronous_commit = off")
             self._write_batch(curs, batch)
 
-    def _write_batch(self, curs: Any, batch: Sequence[tuple[Sequence[Write], int]]) -> None:
+    def _write_batch(self, curs: Any, batch: Sequence[tuple[Sequence[Write], int]], position: int | None = None) -> None:
+        """Writes in log order (pipelined), then the append-only ones grouped per statement."""
         self._use_schema(curs)
+        appends: dict[str, list[Any]] = {}
         with curs.connection.pipeline():
             for writes, _ in batch:
                 for write in writes:
-                    curs.execute(write.sql, write.params)
-        self._insert_tracking(curs, Tracking(APP, batch[-1][1]))
+                    if write.append_only:
+                        appends.setdefault(write.sql, []).append(write.params)
+                    else:
+                        curs.execute(write.sql, write.params)
+            for statement, params in appends.items():
+                curs.executemany(statement, params)
+        self._insert_tracking(curs, Tracking(APP, position or batch[-1][1]))
+
+    def advance(self, position: int, curs: Any | None = None) -> None:
+        """Track a position with no rows to write (the log's head, past events this view ignores)."""
+        if curs is not None:
+            return self._insert_tracking(curs, Tracking(APP, position))
+        self.insert_tracking(Tracking(APP, position))
 
     def position(self) -> int:
         return self.max_tracking_id(APP) or 0

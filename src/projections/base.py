@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -11,14 +12,20 @@ from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
+from eventsourcing.utils import get_topic
 
 
 @dataclass(frozen=True)
 class Write:
-    """One SQL statement against the projection's own tables (unqualified names)."""
+    """One SQL statement against the projection's own tables (unqualified names).
+
+    `append_only`: an insert that no later write reads or changes (a timeline step, a history
+    row), so a batch may send all of them together at its end.
+    """
 
     sql: str
     params: Mapping[str, Any]
+    append_only: bool = False
 
 
 class ReadModelView(Protocol):
@@ -57,3 +64,16 @@ class ReadModelProjection(Projection[Any]):
     def writes_for(self, domain_event: Any) -> list[Write]:
         """Each projection dispatches on the event's type with its own singledispatchmethod."""
         raise NotImplementedError
+
+    @classmethod
+    @functools.cache
+    def handled_topics(cls) -> tuple[str, ...]:
+        """The topics of every event class this projection writes for (and their subclasses)."""
+        registered = [c for c in cls.__dict__["writes_for"].dispatcher.registry if c is not object]
+        found: set[type] = set()
+        while registered:
+            event_class = registered.pop()
+            if event_class not in found:
+                found.add(event_class)
+                registered.extend(event_class.__subclasses__())
+        return tuple(sorted(get_topic(c) for c in found))

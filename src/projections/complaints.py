@@ -116,4 +116,4 @@ def _step(event: Any, name: str) -> Write:
         recorded_at, details) VALUES (%(e)s, %(id)s, %(v)s, %(type)s, %(actor)s, %(at)s, %(rec)s, %(details)s)""",
                  {"e": f"{event.originator_id}:{event.originator_version}", "id": event.originator_id,
                   "v": event.originator_version, "type": name, "actor": event.actor, "at": event.occurred_at,
-                  "rec": event.timestamp, "details": as_json(details)})
+                  "rec": event.timestamp, "details": as_json(details)}, append_only=True)

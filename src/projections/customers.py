@@ -82,7 +82,7 @@ class CustomersProjection(ReadModelProjection):
         return [_touch(event), Write(
             "INSERT INTO visits (event_id, customer_id, visited_on, by) VALUES (%(e)s, %(id)s, %(on)s, %(by)s)",
             {"e": f"{event.originator_id}:{event.originator_version}", "id": event.originator_id,
-             "on": event.visited_on, "by": event.by})]
+             "on": event.visited_on, "by": event.by}, append_only=True)]
 
     @writes_for.register
     def _(self, event: Customer.TierAssigned) -> list[Write]:
@@ -127,4 +127,4 @@ def _history(event: Any, kind: str, **columns: Any) -> Write:
     values = ", ".join(f"%({name})s" for name in columns)
     return Write(f"""INSERT INTO tier_history (event_id, customer_id, at, recorded_at, kind, from_tier, to_tier,
         reason, {names}) VALUES (%(e)s, %(id)s, %(at)s, %(rec)s, %(kind)s, %(from)s, %(to)s, %(reason)s, {values})""",
-                 {**base, **columns})
+                 {**base, **columns}, append_only=True)

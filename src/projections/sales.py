@@ -59,14 +59,17 @@ class SalesProjection(ReadModelProjection):
                          "profit": event.forecast_profit, "margin": event.forecast_margin,
                          "lines": len(event.lines), "warned": as_json(event.warned_complaint_ids),
                          "v": event.originator_version})]
-        for number, line in enumerate(event.lines, start=1):
-            writes.append(Write("""INSERT INTO order_lines (order_id, line_no, customer_id, placed_at, sku,
-                    quantity, unit_price, standard_cost, revenue, cost) VALUES (%(id)s, %(no)s, %(customer)s,
-                    %(at)s, %(sku)s, %(qty)s, %(price)s, %(std)s, %(revenue)s, %(cost)s)""",
-                                {"id": event.originator_id, "no": number, "customer": event.customer_id,
-                                 "at": event.occurred_at, "sku": line["sku"], "qty": line["quantity"],
-                                 "price": line["unit_price"], "std": line["standard_cost"],
-                                 "revenue": line["revenue"], "cost": line["cost"]}))
+        lines = [{"line_no": n, "sku": l["sku"], "quantity": l["quantity"], "unit_price": l["unit_price"],
+                  "standard_cost": l["standard_cost"], "revenue": l["revenue"], "cost": l["cost"]}
+                 for n, l in enumerate(event.lines, start=1)]
+        writes.append(Write("""INSERT INTO order_lines (order_id, line_no, customer_id, placed_at, sku, quantity,
+                unit_price, standard_cost, revenue, cost)
+            SELECT %(id)s, l.line_no, %(customer)s, %(at)s, l.sku, l.quantity, l.unit_price, l.standard_cost,
+                   l.revenue, l.cost
+            FROM jsonb_to_recordset(%(lines)s::jsonb) AS l(line_no integer, sku text, quantity integer,
+                 unit_price numeric, standard_cost numeric, revenue numeric, cost numeric)""",
+                            {"id": event.originator_id, "customer": event.customer_id, "at": event.occurred_at,
+                             "lines": as_json(lines)}))
         return writes
 
     @writes_for.register
@@ -86,7 +89,7 @@ class SalesProjection(ReadModelProjection):
                 Write("""INSERT INTO payments (event_id, order_id, customer_id, amount, received_at)
                     SELECT %(e)s, id, customer_id, %(amount)s, %(at)s FROM orders WHERE id = %(id)s""",
                       {"e": f"{event.originator_id}:{event.originator_version}", "id": event.originator_id,
-                       "amount": event.amount, "at": event.occurred_at})]
+                       "amount": event.amount, "at": event.occurred_at}, append_only=True)]
 
     @writes_for.register
     def _(self, event: Order.Cancelled) -> list[Write]:

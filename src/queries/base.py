@@ -75,9 +75,9 @@ def page(rows: list[dict[str, Any]], limit: int, codec: CursorCodec, listing: st
 
 
 def period(start: date | None, end: date | None, today: date) -> tuple[datetime, datetime]:
-    """[from, to] as whole days in UTC (both inclusive); defaults: 1 January this year to today."""
-    first = start or date(today.year, 1, 1)
+    """[from, to] as whole days in UTC (both inclusive); defaults: today, and 1 January of `to`'s year."""
     last = end or today
+    first = start or date(last.year, 1, 1)
     if last < first:
         raise ValueError("'to' must not be before 'from'")
     return (datetime.combine(first, time(), timezone.utc),

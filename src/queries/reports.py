@@ -222,10 +222,22 @@ class OrderDrops(BaseModel):
     customers: list[OrderDrop]
 
 
+def year_earlier(day: date) -> date:
+    """The same calendar day a year earlier (29 February becomes 28 February)."""
+    try:
+        return day.replace(year=day.year - 1)
+    except ValueError:
+        return day.replace(year=day.year - 1, day=28)
+
+
 def order_drops(reads: ReadStore, today: date, window_days: int, min_drop: Decimal) -> OrderDrops:
-    recent_end = datetime.combine(today + timedelta(days=1), datetime.min.time(), _utc())
-    recent_start = recent_end - timedelta(days=window_days)
-    previous_end, previous_start = recent_end - timedelta(days=365), recent_start - timedelta(days=365)
+    """The recent window is the last N days up to today; the previous one is the same calendar
+    days a year earlier."""
+    first_day = today - timedelta(days=window_days - 1)
+    day_start = lambda d: datetime.combine(d, datetime.min.time(), _utc())  # noqa: E731
+    recent_start, recent_end = day_start(first_day), day_start(today + timedelta(days=1))
+    previous_start = day_start(year_earlier(first_day))
+    previous_end = day_start(year_earlier(today) + timedelta(days=1))
     params = {"rs": recent_start, "re": recent_end, "ps": previous_start, "pe": previous_end, "min": min_drop,
               "today": today}
     rows = reads.all(f"""WITH amounts AS (

