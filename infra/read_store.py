@@ -41,6 +41,16 @@ class PgReadStore:
             return {name: 0 for name in PROJECTIONS}
         return {name: position or 0 for name, position in rows}
 
+    def relay_position(self) -> int | None:
+        """The Kafka relay's published position (None where no relay ever ran on this database)."""
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT notification_id FROM relay_tracking WHERE application_name = %s",
+                                   (CrmEventStore.name,)).fetchone()
+        except Exception:  # no relay_tracking table: no relay has run here
+            return None
+        return row[0] if row else 0
+
     def wait_for(self, position: int, timeout: float) -> bool:
         """Read-your-writes: wait until every projection has processed `position`."""
         deadline = time.monotonic() + timeout

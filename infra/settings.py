@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".crm"), description="where embedded services keep their data")
     http_port: int = Field(8000, ge=1, le=65535, description="API port on 127.0.0.1")
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 default currency")
+    kafka_partitions: int = Field(6, ge=1, le=1000, description="partitions of topics crm creates")
+    kafka_replication_factor: int = Field(1, ge=1, le=10, description="replication of topics crm creates")
 
     @field_validator("api_keys")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -17,29 +18,50 @@ from crm.infra.settings import Settings
 log = structlog.get_logger("crm.cli")
 
 
-def _serve(settings: Settings, banner: bool, with_projections: bool) -> None:
+def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay: bool) -> None:
     from crm.api.app import create_app
     from crm.infra.read_models import start_runners, stop_runners
     from crm.infra.runtime import open_runtime
 
     runtime = open_runtime(settings)
     runners = start_runners(runtime.database_url) if with_projections else {}
+    broker, relay, bootstrap = _start_relay(settings, runtime) if with_relay else (None, None, settings.kafka_bootstrap)
     try:
-        app = create_app(runtime)
+        app = create_app(runtime, relay=relay, kafka_bootstrap=bootstrap)
         base = f"http://127.0.0.1:{settings.http_port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_config=None,
                                 access_log=False, lifespan="on")
         server = uvicorn.Server(config)
         if banner:  # printed once the socket is bound, so every URL in it answers
-            announce = lambda: _print_banner(base, runtime.generated_admin_key, runtime.database_url, settings)
+            announce = lambda: _print_banner(base, runtime.generated_admin_key, bootstrap, settings)
             threading.Thread(target=_when_started, args=(server, announce), daemon=True).start()
         server.run()
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
     finally:
+        if relay is not None:
+            relay.stop()
+        if broker is not None:
+            broker.stop()
         stop_runners(runners)
         runtime.close()
         log.info("crm.stopped")
+
+
+def _start_relay(settings: Settings, runtime):  # type: ignore[no-untyped-def]
+    """The local broker when no CRM_KAFKA_BOOTSTRAP is set; no relay when it is 'off'."""
+    from crm.infra.kafka import start_local_broker
+    from crm.infra.relay import Relay, RelayThread
+
+    bootstrap, broker = settings.kafka_bootstrap, None
+    if bootstrap == "off":
+        return None, None, "off"
+    if not bootstrap:
+        broker = start_local_broker()
+        bootstrap = broker.bootstrap
+    relay = Relay(runtime.store, runtime.database_url, bootstrap, partitions=settings.kafka_partitions,
+                  replication=settings.kafka_replication_factor)
+    return broker, RelayThread(relay).start(), bootstrap
 
 
 def _when_started(server: uvicorn.Server, announce: Callable[[], None]) -> None:
@@ -49,10 +71,11 @@ def _when_started(server: uvicorn.Server, announce: Callable[[], None]) -> None:
         announce()
 
 
-def _print_banner(base: str, admin_key: str | None, database_url: str, settings: Settings) -> None:
-    lines = [f"crm is up.", f"  API:      {base}/v1", f"  Docs:     {base}/docs",
+def _print_banner(base: str, admin_key: str | None, bootstrap: str | None, settings: Settings) -> None:
+    lines = ["crm is up.", f"  API:      {base}/v1", f"  Docs:     {base}/docs",
              f"  Health:   {base}/health",
-             f"  Database: {'embedded, data in ' + str(settings.data_dir / 'pg') if not settings.database_url else 'CRM_DATABASE_URL'}"]
+             f"  Database: {'embedded, data in ' + str(settings.data_dir / 'pg') if not settings.database_url else 'CRM_DATABASE_URL'}",
+             f"  Kafka:    {bootstrap if settings.kafka_bootstrap else f'{bootstrap} (local tansu broker, in memory)'}"]
     if admin_key:
         lines.append(f"  Admin key (generated for this run; set CRM_API_KEYS to choose keys): {admin_key}")
     lines.append("Stop with Ctrl-C.")
@@ -71,13 +94,13 @@ def main(log_level: str) -> None:
 @main.command()
 def up() -> None:
     """Start the whole system (embedded PostgreSQL unless CRM_DATABASE_URL is set) and the API."""
-    _serve(Settings(), banner=True, with_projections=True)
+    _serve(Settings(), banner=True, with_projections=True, with_relay=True)
 
 
 @main.command()
 def api() -> None:
     """Run the API alone (production: point CRM_DATABASE_URL at the shared server)."""
-    _serve(Settings(), banner=False, with_projections=False)
+    _serve(Settings(), banner=False, with_projections=False, with_relay=False)
 
 
 @main.group(invoke_without_command=True)
@@ -133,6 +156,78 @@ def rebuild(name: str) -> None:
                        f"({report.events_per_s:,.0f} events/s)")
     finally:
         runtime.close()
+
+
+@main.command()
+@click.option("--replay", is_flag=True, help="forget the published position and publish everything again")
+def relay(replay: bool) -> None:
+    """Publish every event to Kafka (CRM_KAFKA_BOOTSTRAP; a local broker when unset) until Ctrl-C."""
+    from crm.infra.relay import forget_position
+    from crm.infra.runtime import open_runtime
+
+    settings = Settings()
+    runtime = open_runtime(settings, generate_key=False)
+    broker, running, bootstrap = _start_relay(settings, runtime)
+    try:
+        if running is None:
+            raise click.UsageError("CRM_KAFKA_BOOTSTRAP is 'off': nothing to relay")
+        if replay:
+            forget_position(running.relay.tracking)
+        log.info("relay.running", bootstrap=bootstrap)
+        while running.thread.is_alive():
+            running.thread.join(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if running is not None:
+            running.stop()
+        if broker is not None:
+            broker.stop()
+        runtime.close()
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="print the topic's retained events first")
+@click.option("--bootstrap", envvar="CRM_KAFKA_BOOTSTRAP", required=True, help="Kafka bootstrap servers")
+@click.option("--max-seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+def tail(topic: str, from_beginning: bool, bootstrap: str, max_seconds: float | None) -> None:
+    """Print a topic's events (one CloudEvent JSON per line) as they arrive."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest" if from_beginning else "latest")
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    if not partitions:
+        raise click.UsageError(f"no topic {topic} at {bootstrap}")
+    consumer.assign(partitions)
+    (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)()
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    click.echo(record.value.decode())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="only report schema files that are out of date (exit 1 if any)")
+@click.option("--directory", type=click.Path(path_type=Path), default=Path("schemas"), show_default=True)
+def schemas(check: bool, directory: Path) -> None:
+    """Generate the JSON Schema of every event type's data from the event classes."""
+    from crm.infra.schemas import stale, write
+
+    if check:
+        outdated = stale(directory)
+        for name in outdated:
+            click.echo(f"stale: {name}")
+        raise SystemExit(1 if outdated else 0)
+    for name in write(directory):
+        click.echo(f"wrote {directory / name}")
 
 
 if __name__ == "__main__":

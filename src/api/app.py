@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import FastAPI
 
@@ -20,10 +20,13 @@ Errors are `application/problem+json`. Authenticate with `Authorization: Bearer 
 POSTs honour `Idempotency-Key`; commands on existing aggregates honour `If-Match: <version>`."""
 
 
-def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now) -> FastAPI:
-    """Build the API over an open Runtime (the caller owns and closes it)."""
+def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay: Any = None,
+               kafka_bootstrap: str | None = None) -> FastAPI:
+    """Build the API over an open Runtime (the caller owns and closes it, and the relay if given)."""
     app = FastAPI(title="crm", version="0.1.0", description=DESCRIPTION)
     app.state.runtime = runtime
+    app.state.relay = relay
+    app.state.kafka_bootstrap = kafka_bootstrap or runtime.settings.kafka_bootstrap
     app.state.keyring = KeyRing(runtime.api_keys)
     app.state.clock = clock
     app.state.cursor_codec = CursorCodec(runtime.cursor_secret)

@@ -16,5 +16,22 @@ async def health(request: Request) -> dict[str, Any]:
     runtime = request.app.state.runtime
     position = await run_in_threadpool(runtime.store.position)
     projections = await run_in_threadpool(runtime.reads.positions)
+    relay = await run_in_threadpool(_relay, request)
     return {"status": "ok", "position": position, "projections": projections,
-            "kafka_bootstrap": runtime.settings.kafka_bootstrap}
+            "kafka_bootstrap": request.app.state.kafka_bootstrap, "relay": relay}
+
+
+def _relay(request: Request) -> dict[str, Any] | None:
+    """The relay's position and lag; whether the broker answers is known where the relay runs."""
+    from crm.infra.relay import lag
+
+    runtime, running = request.app.state.runtime, request.app.state.relay
+    if running is not None:
+        position, reachable = running.relay.status.position, running.relay.status.broker_reachable
+    else:
+        position, reachable = runtime.reads.relay_position(), None
+    if position is None:
+        return None
+    events, seconds = lag(runtime.store, position)
+    return {"position": position, "lag_events": events, "lag_seconds": round(seconds, 3),
+            "broker_reachable": reachable}

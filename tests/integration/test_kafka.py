@@ -1,0 +1,197 @@
+"""The relay against a real Kafka-protocol broker: envelopes, schemas, order, outages, crashes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jsonschema
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from crm.infra.kafka import TOPICS, start_local_broker
+from crm.infra.relay import Relay, RelayThread
+from crm.infra.schemas import event_classes, stale
+from tests.integration.test_projections import a_busy_history
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = {p.stem: json.loads(p.read_text()) for p in (ROOT / "schemas").glob("crm.*.json")}
+
+
+def consume_all(bootstrap: str, expected: int, timeout: float = 30.0) -> list:
+    """Every record of crm's topics, from the beginning, until `expected` distinct ids arrived."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_poll_interval_ms=5000)
+    partitions = [TopicPartition(t, p) for t in TOPICS for p in sorted(consumer.partitions_for_topic(t) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    records, ids, deadline = [], set(), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(ids) < expected:
+            for batch in consumer.poll(timeout_ms=200).values():
+                for record in batch:
+                    records.append(record)
+                    ids.add(json.loads(record.value)["id"])
+    finally:
+        consumer.close()
+    return records
+
+
+def start_relay(rt, bootstrap: str) -> RelayThread:  # type: ignore[no-untyped-def]
+    return RelayThread(Relay(rt.store, rt.database_url, bootstrap, partitions=3)).start()
+
+
+def wait_published(relay: RelayThread, position: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while relay.relay.status.position < position:
+        assert time.monotonic() < deadline, f"relay stuck at {relay.relay.status.position} < {position}"
+        time.sleep(0.05)
+
+
+def test_the_checked_in_schemas_are_up_to_date() -> None:
+    assert stale(ROOT / "schemas") == [], "run `crm schemas` and commit the result"
+    assert len(SCHEMAS) == len(event_classes()) == 29
+
+
+def test_a_stale_schema_is_detected(tmp_path) -> None:
+    for path in (ROOT / "schemas").glob("crm.*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    target = tmp_path / "crm.order.Placed.v1.json"
+    target.write_text(target.read_text().replace('"currency"', '"currency_code"'))
+    assert stale(tmp_path) == ["crm.order.Placed.v1.json"]
+
+
+def test_every_event_arrives_once_as_a_valid_cloudevent(fresh_system, kafka_broker) -> None:
+    rt, admin = fresh_system()
+    history = a_busy_history(admin)
+    relay = start_relay(rt, kafka_broker.bootstrap)
+    try:
+        wait_published(relay, history["position"])
+    finally:
+        relay.stop()
+    records = consume_all(kafka_broker.bootstrap, history["position"])
+    events = [json.loads(r.value) for r in records]
+    assert sorted(e["position"] for e in events) == list(range(1, history["position"] + 1))
+    for record, event in zip(records, events):
+        assert event["specversion"] == "1.0" and event["source"] == "crm"
+        assert event["id"] == f"{event['subject']}:{event['aggregateversion']}"
+        assert record.key.decode() == event["subject"]
+        assert record.topic == "crm." + event["type"].split(".")[1]
+        assert dict(record.headers)["ce_id"].decode() == event["id"]
+        jsonschema.validate(event["data"], SCHEMAS[event["type"]])
+        assert event["dataschema"] == SCHEMAS[event["type"]]["$id"]
+    assert {e["type"] for e in events} >= {"crm.complaint.Rated.v1", "crm.order.PaymentReceived.v1",
+                                           "crm.customer.TierOverridden.v1", "crm.product.Registered.v1"}
+
+
+def test_commands_keep_working_while_the_broker_is_down_and_everything_arrives_after(fresh_system, caplog) -> None:
+    rt, admin = fresh_system()
+    broker = start_local_broker()
+    port = broker.port
+    relay = start_relay(rt, broker.bootstrap)
+    collected: list = []
+    try:
+        first = [admin.post("/v1/customers", json={"name": f"Before {n}"}).json() for n in range(20)]
+        wait_published(relay, first[-1]["position"])
+        collected += consume_all(broker.bootstrap, 20)  # a downstream consumer read them before the outage
+        broker.stop()
+        during = [admin.post("/v1/customers", json={"name": f"During {n}"}) for n in range(20)]
+        assert all(r.status_code == 201 for r in during), "commands must not depend on the broker"
+        deadline = time.monotonic() + 30
+        while relay.relay.status.broker_reachable is not False:
+            assert time.monotonic() < deadline, "the relay never noticed the outage"
+            time.sleep(0.1)
+        broker = start_local_broker(port)  # memory storage: it comes back empty
+        customer = during[0].json()["id"]
+        for version in range(2, 6):  # more events for one key, to check its order
+            admin.patch(f"/v1/customers/{customer}", json={"phone": f"{version}"})
+        head = rt.store.position()
+        wait_published(relay, head)
+        collected += consume_all(broker.bootstrap, head - 20)
+    finally:
+        relay.stop()
+        broker.stop()
+    first_seen = {}
+    for record in collected:
+        event = json.loads(record.value)
+        first_seen.setdefault(event["id"], event)
+    assert sorted(e["position"] for e in first_seen.values()) == list(range(1, head + 1))
+    versions = [e["aggregateversion"] for r in collected for e in [json.loads(r.value)] if e["subject"] == customer]
+    assert versions == sorted(versions) and versions[-1] == 5
+    outage_lines = [r for r in caplog.records if "relay.broker_unavailable" in r.getMessage()]
+    assert len(outage_lines) == 1, "an outage is logged once, not once per message or retry"
+
+
+def test_a_relay_killed_mid_batch_resumes_without_loss(fresh_system, kafka_broker) -> None:
+    rt, admin = fresh_system()
+    for n in range(300):
+        last = admin.post("/v1/customers", json={"name": f"Bulk {n}"}).json()
+    crashed = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3, batch_size=100)
+    original_insert = crashed.tracking.insert_tracking
+    calls = {"n": 0}
+
+    def dies_after_publishing_the_second_batch(tracking):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SystemExit("killed between the broker's ack and the position update")
+        original_insert(tracking)
+
+    crashed.tracking.insert_tracking = dies_after_publishing_the_second_batch
+    with pytest.raises(SystemExit):
+        while True:
+            crashed.publish_next()
+    crashed.close()
+    assert Relay(rt.store, rt.database_url, kafka_broker.bootstrap).position() == 100
+    resumed = start_relay(rt, kafka_broker.bootstrap)
+    try:
+        wait_published(resumed, last["position"])
+    finally:
+        resumed.stop()
+    records = consume_all(kafka_broker.bootstrap, last["position"])
+    by_id: dict[str, list] = defaultdict(list)
+    for record in records:
+        by_id[json.loads(record.value)["id"]].append(record.value)
+    assert len(by_id) == last["position"]
+    duplicates = {i: values for i, values in by_id.items() if len(values) > 1}
+    assert len(duplicates) == 100  # the second batch, published twice
+    assert all(len(set(values)) == 1 for values in duplicates.values()), "a duplicate must be the same event"
+
+
+def test_health_reports_the_relay(fresh_system, kafka_broker) -> None:
+    from fastapi.testclient import TestClient
+
+    from crm.api.app import create_app
+
+    rt, admin = fresh_system()
+    made = admin.post("/v1/customers", json={"name": "Health Relay"}).json()
+    relay = start_relay(rt, kafka_broker.bootstrap)
+    try:
+        wait_published(relay, made["position"])
+        health = TestClient(create_app(rt, relay=relay, kafka_bootstrap=kafka_broker.bootstrap)).get("/health").json()
+    finally:
+        relay.stop()
+    assert health["kafka_bootstrap"] == kafka_broker.bootstrap
+    assert health["relay"] == {"position": made["position"], "lag_events": 0, "lag_seconds": 0.0,
+                               "broker_reachable": True}
+
+
+def test_the_tail_command_prints_events_as_they_arrive(fresh_system, kafka_broker) -> None:
+    import subprocess
+    import sys
+
+    rt, admin = fresh_system()
+    made = admin.post("/v1/customers", json={"name": "Tailed Ltd"}).json()
+    relay = start_relay(rt, kafka_broker.bootstrap)
+    try:
+        wait_published(relay, made["position"])
+    finally:
+        relay.stop()
+    crm = Path(sys.executable).with_name("crm")
+    out = subprocess.run([str(crm), "--log-level", "WARNING", "tail", "crm.customer", "--from-beginning",
+                          "--bootstrap", kafka_broker.bootstrap, "--max-seconds", "4"],
+                         capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [e["data"]["name"] for e in lines] == ["Tailed Ltd"]
