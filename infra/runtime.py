@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from psycopg_pool import ConnectionPool
@@ -28,6 +29,8 @@ class Runtime:
     idempotency: IdempotencyStore
     reads: PgReadStore
     cursor_secret: bytes = field(repr=False, default=b"")
+    policies: Any = None
+    runs: Any = None
     api_keys: dict[str, str] = field(repr=False, default_factory=dict)
     generated_admin_key: str | None = field(repr=False, default=None)
 
@@ -56,7 +59,11 @@ def open_runtime(settings: Settings, *, generate_key: bool = True) -> Runtime:
         generated = secrets.token_urlsafe(24)
         keys = {generated: "admin"}
     secret = cursor_secret(pool)
-    return Runtime(settings, url, store, pool, idempotency, PgReadStore(pool), secret, keys, generated)
+    from crm.infra.policies import PolicyStore
+    from crm.infra.tiering_runs import RunStore
+
+    return Runtime(settings, url, store, pool, idempotency, PgReadStore(pool), secret, PolicyStore(pool),
+                   RunStore(pool), keys, generated)
 
 
 def cursor_secret(pool: ConnectionPool) -> bytes:

@@ -230,5 +230,40 @@ def schemas(check: bool, directory: Path) -> None:
         click.echo(f"wrote {directory / name}")
 
 
+@main.command()
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="grade the window ending here (UTC); default now")
+def retier(as_of) -> None:  # type: ignore[no-untyped-def]
+    """Re-grade every active customer under the tiering policy in force, with a progress bar."""
+    from datetime import datetime, timezone
+
+    from tqdm import tqdm
+
+    from crm.aggregates.tiering import DEFAULT_TIERING_POLICY, TieringPolicy
+    from crm.infra.tiering_runs import RunInProgressError, execute
+    from crm.infra.runtime import open_runtime
+
+    runtime = open_runtime(Settings(), generate_key=False)
+    try:
+        policy = runtime.policies.current("tiering", TieringPolicy.from_dict, DEFAULT_TIERING_POLICY)
+        when = as_of.replace(tzinfo=timezone.utc) if as_of else datetime.now(timezone.utc)
+        try:
+            run_id = runtime.runs.begin(when, policy.version, "cli")
+        except RunInProgressError as error:
+            raise click.ClickException(str(error)) from error
+        with tqdm(unit="customer", desc="retier") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            report = execute(runtime.store, runtime.pool, runtime.reads, runtime.runs, run_id, policy, when, progress)
+        click.echo(f"run {run_id}: {report.evaluated} evaluated, {report.changed} changed in {report.seconds:.2f} s")
+        for pair, count in sorted(report.transitions.items()):
+            click.echo(f"  {pair}: {count}")
+    finally:
+        runtime.close()
+
+
 if __name__ == "__main__":
     main()

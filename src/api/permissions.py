@@ -14,6 +14,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "customers.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
     "complaints.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
     "reports.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
+    "tiering.manage": frozenset({ADMIN}),
+    "sla.manage": frozenset({ADMIN}),
     # Self-service: a customer key reads its own orders and complaints (checked per route).
     "own.read": frozenset({ADMIN, SALES, AGENT, AUDITOR, CUSTOMER}),
 }

@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from crm.api.auth import Principal
 from crm.api.deps import allowed
@@ -87,6 +87,9 @@ def upcoming(reads: Reads, today: Today, who: Reader,
 
 
 @router.get("/care/visits-due", response_model=list[care.VisitDue], dependencies=[Depends(only())])
-def visits_due(reads: Reads, today: Today, who: Reader) -> list[care.VisitDue]:
-    """Active customers with fewer visits in the last 365 days than their tier's visits per year."""
-    return care.visits_due(reads, today)
+def visits_due(request: Request, reads: Reads, today: Today, who: Reader) -> list[care.VisitDue]:
+    """Active customers with fewer visits in the last 365 days than their tier's visits per year
+    (the service rule of the tiering policy in force)."""
+    from crm.api.routes.tiering import current_policy
+
+    return care.visits_due(reads, today, dict(current_policy(request).visits_per_year))
