@@ -3,7 +3,7 @@ TierAssigned appended in large batches only where the tier changes (or there was
 
 The run does not load a Customer aggregate per customer: it reads each customer's version and
 computed tier from the read model (after waiting until that has caught up with the log) and
-appends `Customer.TierAssigned` at the next version through the library's recorder, thousands
+appends `Customer.TierAssigned` at the next version through the library's recorder, a thousand
 per transaction. The store refuses an event whose version is taken, so a customer changed
 concurrently makes its batch fail; that batch is then redone one customer at a time through the
 aggregate (load, assign_tier, save), which skips nobody and overwrites nothing.
@@ -28,7 +28,12 @@ from crm.infra.event_store import CrmEventStore
 from crm.infra.read_store import PgReadStore
 
 log = structlog.get_logger(__name__)
-BATCH = 5_000
+BATCH = 1_000
+# The library's recorder pipelines one INSERT … RETURNING per event. Measured here: one call
+# carrying ~600 KB of events (2,000 small ones, or 1,000 TierAssigned) hangs the psycopg pipeline
+# for good (both ends blocked on full socket buffers), while ~300 KB never did. So a call is
+# bounded by bytes as well as by count. Never raise these without re-measuring.
+MAX_CALL_BYTES = 200_000
 ACTOR = "tiering-run"
 RUNS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_tiering_runs (
     id uuid PRIMARY KEY, status text NOT NULL, as_of timestamptz NOT NULL, policy_version integer NOT NULL,
@@ -124,19 +129,42 @@ def _stream(pool: Any, query: str, params: dict[str, Any]) -> Iterator[tuple]:
 
 def append_tiers(store: CrmEventStore, changes: list[Outcome], *, policy_version: int, run_id: uuid.UUID,
                  as_of: datetime, on_batch: Callable[[int], None] = lambda n: None, batch_size: int = BATCH) -> int:
-    """Append TierAssigned for every change, `batch_size` per transaction; returns how many were appended."""
+    """Append TierAssigned for every change, in recorder calls of bounded size (one transaction
+    each); a call that meets a concurrent change is redone customer by customer. Returns how many
+    were appended."""
     appended = 0
     now = datetime.now(timezone.utc)
     for start in range(0, len(changes), batch_size):
         batch = changes[start:start + batch_size]
-        events = [_event(o, policy_version, run_id, as_of, now) for o in batch]
-        try:
-            store.recorder.insert_events([store.mapper.to_stored_event(e) for e in events])
-            appended += len(batch)
-        except IntegrityError:  # a customer changed since the read model saw it: one by one, via the aggregate
-            appended += sum(_assign_one(store, o, policy_version, run_id, as_of) for o in batch)
+        stored = [store.mapper.to_stored_event(_event(o, policy_version, run_id, as_of, now)) for o in batch]
+        for call in safe_calls(list(zip(batch, stored))):
+            try:
+                store.recorder.insert_events([event for _, event in call])
+                appended += len(call)
+            except IntegrityError:  # changed since the read model saw it: one by one, via the aggregate
+                appended += sum(_assign_one(store, o, policy_version, run_id, as_of) for o, _ in call)
         on_batch(len(batch))
     return appended
+
+
+def safe_calls(pairs: list[tuple[Any, Any]]) -> Iterator[list[tuple[Any, Any]]]:
+    """Group (item, stored event) pairs into recorder calls of at most MAX_CALL_BYTES."""
+    call: list[tuple[Any, Any]] = []
+    size = 0
+    for pair in pairs:
+        if call and size + len(pair[1].state) > MAX_CALL_BYTES:
+            yield call
+            call, size = [], 0
+        call.append(pair)
+        size += len(pair[1].state)
+    if call:
+        yield call
+
+
+def insert_in_safe_calls(store: CrmEventStore, stored: list[Any]) -> None:
+    """Insert through the recorder in calls of at most MAX_CALL_BYTES (see there why)."""
+    for call in safe_calls([(None, event) for event in stored]):
+        store.recorder.insert_events([event for _, event in call])
 
 
 def _event(o: Outcome, policy_version: int, run_id: uuid.UUID, as_of: datetime, now: datetime) -> Any:

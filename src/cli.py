@@ -26,6 +26,7 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
     runtime = open_runtime(settings)
     runners = start_runners(runtime.database_url) if with_projections else {}
     broker, relay, bootstrap = _start_relay(settings, runtime) if with_relay else (None, None, settings.kafka_bootstrap)
+    chainer = _start_chainer(runtime) if with_projections else None
     try:
         app = create_app(runtime, relay=relay, kafka_bootstrap=bootstrap)
         base = f"http://127.0.0.1:{settings.http_port}"
@@ -39,6 +40,8 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
     finally:
+        if chainer is not None:
+            chainer.stop()
         if relay is not None:
             relay.stop()
         if broker is not None:
@@ -46,6 +49,13 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
         stop_runners(runners)
         runtime.close()
         log.info("crm.stopped")
+
+
+def _start_chainer(runtime):  # type: ignore[no-untyped-def]
+    """The audit hash chain follows the log in a thread (no second serialisation point on writes)."""
+    from crm.infra.audit import start_chainer
+
+    return start_chainer(runtime)
 
 
 def _start_relay(settings: Settings, runtime):  # type: ignore[no-untyped-def]
@@ -263,6 +273,58 @@ def retier(as_of) -> None:  # type: ignore[no-untyped-def]
             click.echo(f"  {pair}: {count}")
     finally:
         runtime.close()
+
+
+@main.group()
+def audit() -> None:
+    """Auditors' tools: a customer's full history, verification of the hash chain, checkpoints."""
+
+
+def _with_runtime(action):  # type: ignore[no-untyped-def]
+    from crm.infra.runtime import open_runtime
+
+    runtime = open_runtime(Settings(), generate_key=False)
+    try:
+        return action(runtime)
+    finally:
+        runtime.close()
+
+
+@audit.command("history")
+@click.argument("customer", type=click.UUID)
+@click.option("--jsonl", is_flag=True, help="one JSON object per line (for long histories)")
+def audit_history(customer, jsonl: bool) -> None:  # type: ignore[no-untyped-def]
+    """Every event of CUSTOMER and of its orders and complaints, in global order."""
+    from crm.infra.audit import print_history
+
+    raise SystemExit(_with_runtime(lambda rt: print_history(rt, customer, sys.stdout, jsonl=jsonl)))
+
+
+@audit.command("verify")
+@click.option("--from-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="an exported checkpoint file: verify from it (and check it still matches)")
+def audit_verify(from_checkpoint: Path | None) -> None:
+    """Recompute the hash chain over the stored events; exit 0 when intact, 1 when broken."""
+    from crm.infra.audit import print_verify
+
+    raise SystemExit(_with_runtime(lambda rt: print_verify(rt, sys.stdout, from_checkpoint)))
+
+
+@audit.command("checkpoint")
+@click.option("--position", type=int, default=None, help="a checkpoint at or before this position")
+def audit_checkpoint(position: int | None) -> None:
+    """Print the latest checkpoint (position and hash) as JSON, to keep outside the system."""
+    from crm.infra.audit import print_checkpoint
+
+    raise SystemExit(_with_runtime(lambda rt: print_checkpoint(rt, sys.stdout, position)))
+
+
+@audit.command("chain")
+def audit_chain() -> None:
+    """Run the hash chainer alone (production), following the log until Ctrl-C."""
+    from crm.infra.audit import run_chainer
+
+    _with_runtime(run_chainer)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class BodyLimitAndIdempotency:
         body = await self._read_body(receive)
         if body is None:
             return await _send_problem(send, 413, f"request bodies are limited to {MAX_BODY} bytes", "too-large")
-        replay = _replayer(body)
+        replay = _replayer(body, receive)
         key = _header(scope, b"idempotency-key")
         if scope["method"] != "POST" or key is None:
             return await self.app(scope, replay, send)
@@ -134,13 +134,15 @@ class BodyLimitAndIdempotency:
                 await run_in_threadpool(self.store.release, principal, key)
 
 
-def _replayer(body: bytes) -> Receive:
+def _replayer(body: bytes, downstream: Receive) -> Receive:
+    """Hand the buffered body over once, then the real channel (a streaming response listens on
+    it for the client's disconnect; answering 'disconnect' at once would cut the stream short)."""
     sent = False
 
     async def receive() -> dict[str, Any]:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await downstream()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 

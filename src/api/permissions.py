@@ -15,6 +15,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "complaints.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
     "reports.read": frozenset({ADMIN, SALES, AGENT, AUDITOR}),
     "tiering.manage": frozenset({ADMIN}),
+    "audit.read": frozenset({ADMIN, AUDITOR}),
+    "audit.admin": frozenset({ADMIN}),
     "sla.manage": frozenset({ADMIN}),
     # Self-service: a customer key reads its own orders and complaints (checked per route).
     "own.read": frozenset({ADMIN, SALES, AGENT, AUDITOR, CUSTOMER}),

@@ -178,3 +178,19 @@ def test_only_admins_change_the_policy_or_start_runs(clients, role, status) -> N
 
 def test_an_unknown_run_is_not_found(admin) -> None:
     assert admin.get("/v1/tiering/runs/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_a_run_over_thousands_of_customers_appends_in_safe_batches(fresh_system) -> None:
+    """2,500 changes: more than one batch, and more than the recorder can take in one call
+    (2,000 events in one insert_events deadlocked the driver's pipeline)."""
+    from bench.retier import AS_OF, load
+    from crm.aggregates.tiering import DEFAULT_TIERING_POLICY
+    from crm.infra.tiering_runs import execute
+
+    rt, admin = fresh_system(with_runners=False)
+    load(rt.store, rt.database_url, rt.pool, 2_500)
+    run_id = rt.runs.begin(AS_OF, 0, "test")
+    report = execute(rt.store, rt.pool, rt.reads, rt.runs, run_id, DEFAULT_TIERING_POLICY, AS_OF)
+    assert report.evaluated == report.changed == 2_500
+    assert sum(report.transitions.values()) == 2_500 and rt.store.position() == 5_000
+    assert rt.runs.get(run_id)["status"] == "succeeded"

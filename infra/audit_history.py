@@ -1,0 +1,148 @@
+"""A customer's history straight from the event store, and the customer as it stood at an instant.
+
+History: the customer's own events and those of the orders and complaints that refer to it, in
+global order. Which orders and complaints those are comes from the chainer's customer links (an
+index lookup) plus a scan of the few events the chainer has not reached yet, so the answer is
+complete whether or not the chainer is caught up.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from datetime import datetime
+from typing import Any, Iterator, Literal
+from uuid import UUID
+
+from eventsourcing.utils import get_topic, resolve_topic
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from crm.aggregates.customer import Customer
+from crm.infra.audit_chain import LINK_TOPICS
+from crm.infra.audit_schema import CHAIN, LINKS, ensure_schema, events_table
+from crm.infra.cloudevents import plain_json
+from crm.infra.event_store import CrmEventStore
+
+FETCH = 2_000
+REGISTERED = get_topic(Customer.Registered)
+HIDDEN = {"timestamp", "originator_topic", "class_version"}  # envelope, shown as fields of their own
+Basis = Literal["recorded", "occurred"]
+
+_HISTORY = """
+WITH chained AS (SELECT coalesce(max(position), 0) AS position FROM {chain}),
+streams AS (
+    SELECT %(customer)s::uuid AS id
+    UNION SELECT aggregate_id FROM {links} WHERE customer_id = %(customer)s
+    UNION SELECT e.originator_id FROM {events} e, chained
+     WHERE e.notification_id > chained.position AND e.originator_version = 1 AND e.topic = ANY(%(topics)s)
+       AND convert_from(e.state, 'UTF8')::jsonb -> 'customer_id' ->> '_data_' = %(hex)s)
+SELECT e.notification_id, e.originator_id::text, e.originator_version, e.topic, e.state, h.hash
+  FROM streams s JOIN {events} e ON e.originator_id = s.id
+  LEFT JOIN {chain} h ON h.position = e.notification_id
+ ORDER BY e.notification_id
+"""
+# The stored JSON, as the library writes it: the envelope first, then the event's fields with
+# occurred_at and actor last; ids, decimals and times as {"_type_": ..., "_data_": ...} values.
+_TYPED = re.compile(rb'\{"_type_":"(uuid_hex|decimal_str|datetime_iso|date_iso)","_data_":"([^"\\]*)"\}')
+_HEAD = re.compile(rb'\{"timestamp":"([^"\\]*)",(?:"originator_topic":"[^"\\]*",)?')
+_TAIL = re.compile(rb',"occurred_at":"([^"\\]*)","actor":"(?:[^"\\]|\\.)*"\}\Z')
+
+
+@functools.lru_cache(maxsize=None)
+def _names(topic: str) -> tuple[bytes, bytes, int]:
+    """(aggregate type, event type, class version) of an event topic."""
+    event_class = resolve_topic(topic)
+    return (event_class.__qualname__.split(".")[0].encode(), event_class.__name__.encode(),
+            getattr(event_class, "class_version", 1))
+
+
+def customer_registered(store: CrmEventStore, pool: ConnectionPool, customer_id: UUID) -> bool:
+    """Whether a customer with this id was ever registered (an order's id is not a customer)."""
+    query = sql.SQL("SELECT topic FROM {} WHERE originator_id = %s AND originator_version = 1").format(
+        events_table(store))
+    with pool.connection() as conn:
+        row = conn.execute(query, (customer_id,)).fetchone()
+    return row is not None and row[0] == REGISTERED
+
+
+def history(store: CrmEventStore, pool: ConnectionPool, customer_id: UUID) -> Iterator[bytes]:
+    """Every event of the customer and of its orders and complaints, in global order, one JSON
+    object per event: position, aggregate_type, aggregate_id, version, type, occurred_at,
+    recorded_at, data, hash (null until chained). Streamed from a server-side cursor."""
+    ensure_schema(pool)
+    query = sql.SQL(_HISTORY).format(chain=CHAIN, links=LINKS, events=events_table(store))
+    params = {"customer": customer_id, "topics": list(LINK_TOPICS), "hex": customer_id.hex}
+    with pool.connection() as conn, conn.cursor(name=f"audit_history_{id(conn)}", binary=True) as curs:
+        conn.execute("SET LOCAL work_mem = '64MB'")  # sort a long history in memory, not on disk
+        curs.itersize = FETCH
+        curs.execute(query, params)
+        while rows := curs.fetchmany(FETCH):
+            for row in rows:
+                yield _line(store, *row)
+
+
+def _line(store: CrmEventStore, position: int, aggregate_id: str, version: int, topic: str, state: bytes,
+          chain_hash: bytes | None) -> bytes:
+    """One event as JSON, cut from the stored JSON without decoding it (the common, fast path)."""
+    aggregate_type, event_type, class_version = _names(topic)
+    plain = _unwrap(state)
+    head = _HEAD.match(plain)
+    tail = _TAIL.match(plain, max(plain.rfind(b',"occurred_at":"'), 0))
+    if head is None or tail is None or class_version != 1 or b'"class_version"' in plain:
+        entry = _entry(store, position, UUID(aggregate_id), version, topic, chain_hash)
+        return json.dumps(entry, separators=(",", ":")).encode()
+    return (b'{"position":%d,"aggregate_type":"%s","aggregate_id":"%s","version":%d,"type":"%s",'
+            b'"occurred_at":"%s","recorded_at":"%s","data":{%s,"hash":%s}'
+            % (position, aggregate_type, aggregate_id.encode(), version, event_type, tail[1], head[1],
+               plain[head.end():], b'"%s"' % chain_hash.hex().encode() if chain_hash else b"null"))
+
+
+def _unwrap(state: bytes) -> bytes:
+    """The store's typed values as plain JSON strings (ids in their 8-4-4-4-12 form)."""
+    parts = _TYPED.split(state)
+    if len(parts) == 1:
+        return state
+    out = [parts[0]]
+    for i in range(1, len(parts), 3):
+        kind, data = parts[i], parts[i + 1]
+        if kind == b"uuid_hex":
+            data = b"%s-%s-%s-%s-%s" % (data[:8], data[8:12], data[12:16], data[16:20], data[20:])
+        out += (b'"', data, b'"', parts[i + 2])
+    return b"".join(out)
+
+
+def _entry(store: CrmEventStore, position: int, aggregate_id: UUID, version: int, topic: str,
+           chain_hash: bytes | None) -> dict[str, Any]:
+    """The general path: the library's mapper decodes (and upcasts) the stored event."""
+    (stored,) = store.recorder.select_events(aggregate_id, gt=version - 1, lte=version)
+    body = plain_json(vars(store.mapper.to_domain_event(stored)))
+    aggregate_type, event_type, _ = _names(topic)
+    return {"position": position, "aggregate_type": aggregate_type.decode(), "aggregate_id": str(aggregate_id),
+            "version": version, "type": event_type.decode(), "occurred_at": body.get("occurred_at"),
+            "recorded_at": body.get("timestamp"),
+            "data": {k: v for k, v in body.items() if k not in HIDDEN and not k.startswith("originator_")},
+            "hash": chain_hash.hex() if chain_hash else None}
+
+
+def customer_as_of(store: CrmEventStore, customer_id: UUID, as_of: datetime, basis: Basis = "recorded"
+                   ) -> Customer | None:
+    """The customer rebuilt from its events known at `as_of` (recorded basis: stored by then;
+    occurred basis: with business time by then); None if it was not registered by then."""
+    customer: Customer | None = None
+    for stored in store.recorder.select_events(customer_id):
+        event = store.mapper.to_domain_event(stored)
+        when = event.timestamp if basis == "recorded" else getattr(event, "occurred_at", event.timestamp)
+        if when > as_of:
+            continue  # occurred basis: a later event may still be back-dated before as_of
+        if customer is None:
+            if not isinstance(event, Customer.Registered):
+                return None
+            customer = event.mutate(None)
+        elif event.originator_version == customer.version + 1:
+            event.mutate(customer)
+        else:  # occurred basis skipped an event: apply this one without the library's sequence check
+            event.apply(customer)
+            customer.version, customer.modified_on = event.originator_version, event.timestamp
+    return customer
