@@ -51,6 +51,16 @@ class PgReadStore:
             return None
         return row[0] if row else 0
 
+    def saga_status(self) -> dict[str, int] | None:
+        """The SLA saga's position and pending deadlines (None where no saga ever ran here)."""
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT (SELECT notification_id FROM saga_tracking WHERE application_name = %s), "
+                                   "(SELECT count(*) FROM crm_sla_deadlines)", (CrmEventStore.name,)).fetchone()
+        except Exception:  # no saga tables: no saga has run on this database
+            return None
+        return {"position": row[0] or 0, "pending_deadlines": row[1]}
+
     def wait_for(self, position: int, timeout: float) -> bool:
         """Read-your-writes: wait until every projection has processed `position`."""
         deadline = time.monotonic() + timeout

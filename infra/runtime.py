@@ -59,11 +59,22 @@ def open_runtime(settings: Settings, *, generate_key: bool = True) -> Runtime:
         generated = secrets.token_urlsafe(24)
         keys = {generated: "admin"}
     secret = cursor_secret(pool)
+    ensure_read_models(url)
     from crm.infra.policies import PolicyStore
     from crm.infra.tiering_runs import RunStore
 
     return Runtime(settings, url, store, pool, idempotency, PgReadStore(pool), secret, PolicyStore(pool),
                    RunStore(pool), keys, generated)
+
+
+def ensure_read_models(database_url: str) -> None:
+    """Create every projection's schema and tables if missing, so queries (and the prevention check
+    on orders) work on a new database even before any projection has run."""
+    from crm.infra.read_models import open_view
+    from crm.projections import PROJECTIONS
+
+    for projection in PROJECTIONS.values():
+        open_view(database_url, projection).datastore.close()
 
 
 def cursor_secret(pool: ConnectionPool) -> bytes:

@@ -23,9 +23,10 @@ def utc_now() -> datetime:
 class EventStoreUnitOfWork:
     """Loads aggregates, checks If-Match versions, saves new events and reports their position."""
 
-    def __init__(self, store: CrmEventStore, currency: str,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, store: CrmEventStore, currency: str, clock: Callable[[], datetime] = utc_now,
+                 policies: Any = None, reads: Any = None) -> None:
         self.store, self.currency, self._clock = store, currency, clock
+        self._policies, self._reads = policies, reads
         self._now: datetime | None = None
 
     def now(self) -> datetime:
@@ -35,7 +36,15 @@ class EventStoreUnitOfWork:
         return self._now
 
     def sla_policy(self) -> SlaPolicy:
-        return DEFAULT_SLA_POLICY
+        """The SLA policy in force (version 0, the contract's defaults, until one is defined)."""
+        if self._policies is None:
+            return DEFAULT_SLA_POLICY
+        return self._policies.current("sla", SlaPolicy.from_dict, DEFAULT_SLA_POLICY)
+
+    def earlier_complaints(self, customer_id: UUID, skus: list[str]) -> list[dict[str, Any]]:
+        from crm.queries.complaints import earlier_complaints
+
+        return [] if self._reads is None else earlier_complaints(self._reads, customer_id, skus)
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:

@@ -27,6 +27,8 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
     runners = start_runners(runtime.database_url) if with_projections else {}
     broker, relay, bootstrap = _start_relay(settings, runtime) if with_relay else (None, None, settings.kafka_bootstrap)
     chainer = _start_chainer(runtime) if with_projections else None
+    saga = _start_saga(runtime) if with_projections else None
+    notifier = _start_notifier(runtime) if with_projections else None
     try:
         app = create_app(runtime, relay=relay, kafka_bootstrap=bootstrap)
         base = f"http://127.0.0.1:{settings.http_port}"
@@ -40,6 +42,10 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop
     finally:
+        if notifier is not None:
+            notifier.stop()
+        if saga is not None:
+            saga.stop()
         if chainer is not None:
             chainer.stop()
         if relay is not None:
@@ -49,6 +55,20 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
         stop_runners(runners)
         runtime.close()
         log.info("crm.stopped")
+
+
+def _start_notifier(runtime):  # type: ignore[no-untyped-def]
+    """E-mails for SLA warnings, breaches and confirmed resolutions (CRM_SMTP_URL, else .eml files)."""
+    from crm.infra.notifications import Notifier, NotifierThread
+
+    return NotifierThread(Notifier(runtime.store, runtime.pool, runtime.settings,
+                                   database_url=runtime.database_url)).start()
+
+
+def _start_saga(runtime):  # type: ignore[no-untyped-def]
+    from crm.infra.sla_saga import SagaThread, SlaSaga
+
+    return SagaThread(SlaSaga(runtime.store, runtime.database_url)).start()
 
 
 def _start_chainer(runtime):  # type: ignore[no-untyped-def]
@@ -272,6 +292,24 @@ def retier(as_of) -> None:  # type: ignore[no-untyped-def]
         for pair, count in sorted(report.transitions.items()):
             click.echo(f"  {pair}: {count}")
     finally:
+        runtime.close()
+
+
+@main.command()
+def saga() -> None:
+    """Run the SLA saga alone: follow complaints, fire warnings and breaches when due, until Ctrl-C."""
+    from crm.infra.runtime import open_runtime
+
+    runtime = open_runtime(Settings(), generate_key=False)
+    running = _start_saga(runtime)
+    log.info("sla.saga.running")
+    try:
+        while running.thread.is_alive():
+            running.thread.join(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
         runtime.close()
 
 

@@ -9,7 +9,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from crm.aggregates.errors import IllegalTransitionError, InvalidValueError, RuleViolationError
-from crm.aggregates.sla import Deadlines, SlaPolicy, shift_clock, start_clock
+from crm.aggregates.sla import Deadlines, SlaPolicy, WorkingCalendar, shift_clock_for_pause, start_clock
 from crm.aggregates.values import optional_text, require_text, require_tier
 
 OPEN, IN_PROGRESS, AWAITING = "open", "in_progress", "awaiting_customer"
@@ -47,22 +47,25 @@ class Complaint(Aggregate):
              occurred_at: datetime, actor: str) -> Complaint:
         """File a complaint; the customer's tier now fixes the clock (unrated runs on D's time)."""
         duration = policy.duration_for(None if tier is None else require_tier(tier))
-        clock = start_clock(occurred_at, duration, policy.warn_ratio)
+        clock = start_clock(occurred_at, duration, policy.warn_ratio, policy.calendar)
         return cls(customer_id=customer_id, tier=tier, category=require_text("category", category, max_len=100),
                    description=require_text("description", description, max_len=10_000),
                    order_id=order_id, sku=optional_text("sku", sku, max_len=64),
                    channel=optional_text("channel", channel, max_len=50),
                    sla_seconds=int(duration.total_seconds()), warn_ratio=policy.warn_ratio,
                    sla_policy_version=policy.version, due_at=clock.due_at, warn_at=clock.warn_at,
+                   calendar=None if policy.calendar is None else policy.calendar.to_dict(),
                    occurred_at=occurred_at, actor=actor)
 
     @event("Filed")
     def __init__(self, *, customer_id: UUID, tier: str | None, category: str, description: str,
                  order_id: UUID | None, sku: str | None, channel: str | None, sla_seconds: int,
                  warn_ratio: float, sla_policy_version: int, due_at: datetime, warn_at: datetime,
-                 occurred_at: datetime, actor: str) -> None:
+                 calendar: dict[str, Any] | None = None, occurred_at: datetime, actor: str) -> None:
         self.customer_id, self.tier, self.sku, self.order_id = customer_id, tier, sku, order_id
         self.sla_seconds, self.warn_ratio = sla_seconds, warn_ratio
+        # The working calendar in force at filing keeps governing this complaint's clock.
+        self.calendar = None if calendar is None else WorkingCalendar.from_dict(calendar)
         self.deadlines = Deadlines(warn_at=warn_at, due_at=due_at)
         self.status = OPEN
         self.assignee: str | None = None
@@ -122,7 +125,7 @@ class Complaint(Aggregate):
         if occurred_at < self.paused_at:
             raise InvalidValueError("cannot resume before the pause began")
         paused = occurred_at - self.paused_at
-        shifted = shift_clock(self.deadlines, paused)
+        shifted = shift_clock_for_pause(self.deadlines, self.paused_at, occurred_at, self.calendar)
         self._resumed(paused_seconds=int(paused.total_seconds()), due_at=shifted.due_at,
                       warn_at=shifted.warn_at, occurred_at=occurred_at, actor=actor)
 
@@ -217,7 +220,7 @@ class Complaint(Aggregate):
     def reopen(self, *, reason: str, occurred_at: datetime, actor: str) -> None:
         """Reopen after resolution, confirmation or closing; the SLA clock starts afresh."""
         self._check("reopen")
-        clock = start_clock(occurred_at, timedelta(seconds=self.sla_seconds), self.warn_ratio)
+        clock = start_clock(occurred_at, timedelta(seconds=self.sla_seconds), self.warn_ratio, self.calendar)
         self._reopened(reason=require_text("reason", reason, max_len=2_000), due_at=clock.due_at,
                        warn_at=clock.warn_at, occurred_at=occurred_at, actor=actor)
 

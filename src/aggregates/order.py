@@ -85,6 +85,7 @@ class Order(Aggregate):
         self.customer_id, self.lines, self.currency = customer_id, lines, currency
         self.revenue, self.forecast_profit, self.forecast_margin = revenue, forecast_profit, forecast_margin
         self.placed_at = occurred_at
+        self.warned_complaint_ids = warned_complaint_ids  # complaints the placing user was warned about
         self.shipped_at: datetime | None = None
         self.invoiced_amount: Decimal | None = None
         self.paid = Decimal(0)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from crm.api import problems
 from crm.api.auth import KeyRing
 from crm.api.middleware import BodyLimitAndIdempotency, RequestContext
-from crm.api.routes import audit, complaints, customers, health, orders, products, queries, reports, tiering
+from crm.api.routes import audit, complaints, customers, health, orders, products, queries, reports, sla, tiering
 from crm.infra.runtime import Runtime
 from crm.queries.base import CursorCodec
 from crm.infra.unit_of_work import utc_now
@@ -31,7 +31,7 @@ def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay:
     app.state.clock = clock
     app.state.cursor_codec = CursorCodec(runtime.cursor_secret)
     problems.install(app)
-    for module in (health, customers, products, orders, complaints, queries, reports, tiering, audit):
+    for module in (health, customers, products, orders, complaints, queries, reports, tiering, sla, audit):
         app.include_router(module.router)
     app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
     app.add_middleware(RequestContext)  # outermost: every line of a request carries its id

@@ -61,7 +61,8 @@ def execute(request: Request, response: Response, command: Command, principal: P
             version: int | None = None) -> Written:
     """Dispatch a command as this caller; the response carries the new version as ETag."""
     runtime = request.app.state.runtime
-    uow = EventStoreUnitOfWork(runtime.store, runtime.settings.currency, request.app.state.clock)
+    uow = EventStoreUnitOfWork(runtime.store, runtime.settings.currency, request.app.state.clock,
+                               runtime.policies, runtime.reads)
     ctx = Context(actor=principal.actor, expected_version=version, customer_scope=principal.customer_id)
     result = dispatch(command, uow, ctx)
     response.headers["ETag"] = f'"{result.version}"'

@@ -30,6 +30,7 @@ class ProductWritten(WriteResult):
 class OrderStatus(WriteResult):
     status: str
     outstanding: Decimal | None = None
+    warnings: list["ComplaintWarning"] | None = None
 
 
 class ComplaintWarning(BaseModel):

@@ -76,6 +76,10 @@ class UnitOfWork(Protocol):
 
     def sla_policy(self) -> SlaPolicy: ...
 
+    def earlier_complaints(self, customer_id: UUID, skus: list[str]) -> list[dict[str, Any]]:
+        """The customer's earlier complaints about these SKUs, from the read model (prevention)."""
+        ...
+
 
 def business_time(uow: UnitOfWork, given: datetime | None, field: str) -> datetime:
     """The command's business time: given (back-dated imports) or now; never in the future."""

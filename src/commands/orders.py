@@ -79,20 +79,22 @@ def place_order(cmd: PlaceOrder, uow: UnitOfWork, ctx: Context) -> Written:
     customer = uow.find(Customer, cmd.customer_id)
     if customer is None:
         raise UnknownReferenceError(f"customer {cmd.customer_id} does not exist")
-    skus = {line.sku for line in cmd.lines}
+    skus = sorted({line.sku for line in cmd.lines})
     products = {sku: p for sku in skus if (p := uow.find(Product, product_id(sku))) is not None}
+    warnings = uow.earlier_complaints(customer.id, skus)
     order = Order.place(customer=customer, products=products, lines=[l.model_dump() for l in cmd.lines],
                         currency=uow.currency, occurred_at=business_time(uow, cmd.placed_at, "placed_at"),
-                        actor=ctx.actor)
+                        warned_complaint_ids=sorted({w["complaint_id"] for w in warnings}), actor=ctx.actor)
     return written(order, uow.save(order), forecast_profit=order.forecast_profit,
-                   forecast_margin=order.forecast_margin, currency=order.currency, warnings=[])
+                   forecast_margin=order.forecast_margin, currency=order.currency, warnings=warnings)
 
 
 
 def ship_order(cmd: ShipOrder, uow: UnitOfWork, ctx: Context) -> Written:
     order = uow.get(Order, cmd.order_id, ctx.expected_version)
     order.ship(occurred_at=business_time(uow, cmd.shipped_at, "shipped_at"), actor=ctx.actor)
-    return written(order, uow.save(order), status=order.status)
+    warnings = uow.earlier_complaints(order.customer_id, sorted({line["sku"] for line in order.lines}))
+    return written(order, uow.save(order), status=order.status, warnings=warnings)
 
 
 def invoice_order(cmd: InvoiceOrder, uow: UnitOfWork, ctx: Context) -> Written:

@@ -106,3 +106,18 @@ def complaint_detail(reads: ReadStore, complaint_id: UUID, now: datetime) -> Com
 def complaint_customer(reads: ReadStore, complaint_id: UUID) -> UUID | None:
     row = reads.one(f"SELECT customer_id FROM {K}.complaints WHERE id = %(id)s", {"id": complaint_id})
     return row["customer_id"] if row else None
+
+
+def earlier_complaints(reads: ReadStore, customer_id: UUID, skus: list[str]) -> list[dict[str, Any]]:
+    """This customer's complaints about any of these SKUs: named on the complaint, or on a line of
+    the order it was filed about. One row per (complaint, SKU), oldest first (prevention)."""
+    from crm.projections import SalesProjection
+
+    return reads.all(f"""SELECT DISTINCT c.id AS complaint_id, s.sku, c.status, c.filed_at,
+            c.category || ': ' || left(c.description, 200) AS summary, c.resolution
+        FROM {K}.complaints c
+        JOIN LATERAL (SELECT c.sku WHERE c.sku IS NOT NULL
+                      UNION SELECT l.sku FROM {SalesProjection.schema}.order_lines l WHERE l.order_id = c.order_id) s
+          ON true
+        WHERE c.customer_id = %(customer)s AND s.sku = ANY(%(skus)s)
+        ORDER BY c.filed_at, c.id, s.sku""", {"customer": customer_id, "skus": skus})

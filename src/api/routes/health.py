@@ -17,8 +17,9 @@ async def health(request: Request) -> dict[str, Any]:
     position = await run_in_threadpool(runtime.store.position)
     projections = await run_in_threadpool(runtime.reads.positions)
     relay = await run_in_threadpool(_relay, request)
+    saga = await run_in_threadpool(runtime.reads.saga_status)
     return {"status": "ok", "position": position, "projections": projections,
-            "kafka_bootstrap": request.app.state.kafka_bootstrap, "relay": relay}
+            "kafka_bootstrap": request.app.state.kafka_bootstrap, "relay": relay, "sla_saga": saga}
 
 
 def _relay(request: Request) -> dict[str, Any] | None:

@@ -1,0 +1,137 @@
+"""The SLA saga at work: it follows the log (tracked position) and keeps the pending deadlines in
+PostgreSQL, written in the same transaction as its position; a timer fires the deadlines that are
+due by commands on the Complaint (SlaWarningIssued, SlaBreached). On start it catches up, so a
+complaint already overdue breaches at once. The clock is injectable, so tests run in virtual time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+from uuid import UUID
+
+import structlog
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.utils import Environment
+
+from crm.aggregates.complaint import Complaint
+from crm.aggregates.errors import DomainError
+from crm.infra.event_store import CrmEventStore
+from crm.infra.postgres import eventsourcing_env
+from crm.sagas.sla import BREACH, CancelDeadline, SetDeadline, deadline_changes
+
+log = structlog.get_logger(__name__)
+APP = CrmEventStore.name
+ACTOR = "sla-saga"
+SCHEMA = """CREATE TABLE IF NOT EXISTS crm_sla_deadlines (
+    complaint_id uuid NOT NULL, kind text NOT NULL, due_at timestamptz NOT NULL, PRIMARY KEY (complaint_id, kind));
+CREATE INDEX IF NOT EXISTS crm_sla_deadlines_due ON crm_sla_deadlines (due_at)"""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SlaSaga:
+    """follow() applies new complaint events to the deadline table; fire_due() fires what is due."""
+
+    def __init__(self, store: CrmEventStore, database_url: str, clock: Callable[[], datetime] = utc_now,
+                 batch_size: int = 1_000) -> None:
+        env = Environment("saga", {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
+        self.tracking = InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
+        with self.tracking.datastore.transaction(commit=True) as curs:
+            curs.execute(SCHEMA)
+        self.store, self.clock, self.batch_size = store, clock, batch_size
+        self.fired = 0
+
+    def position(self) -> int:
+        return self.tracking.max_tracking_id(APP) or 0
+
+    def pending(self) -> int:
+        with self.tracking.datastore.transaction(commit=False) as curs:
+            return curs.execute("SELECT count(*) AS n FROM crm_sla_deadlines").fetchone()["n"]
+
+    def follow(self) -> int:
+        """Apply the next batch of events to the deadlines, with the position, in one transaction."""
+        notifications = self.store.recorder.select_notifications(start=self.position() + 1, limit=self.batch_size)
+        if not notifications:
+            return 0
+        changes = [c for n in notifications for c in deadline_changes(self.store.mapper.to_domain_event(n))]
+        try:
+            with self.tracking.datastore.transaction(commit=True) as curs:
+                self.tracking._insert_tracking(curs, Tracking(APP, notifications[-1].id))  # refused if not advancing
+                for change in changes:
+                    if isinstance(change, SetDeadline):
+                        curs.execute("INSERT INTO crm_sla_deadlines VALUES (%s, %s, %s) ON CONFLICT (complaint_id, "
+                                     "kind) DO UPDATE SET due_at = EXCLUDED.due_at",
+                                     (change.complaint_id, change.kind, change.due_at))
+                    else:
+                        curs.execute("DELETE FROM crm_sla_deadlines WHERE complaint_id = %s AND kind = %s",
+                                     (change.complaint_id, change.kind))
+        except IntegrityError:
+            return 0  # another saga process applied this batch first
+        return len(notifications)
+
+    def fire_due(self, limit: int = 500) -> int:
+        """Fire every deadline whose time has come (virtual or real); returns how many were recorded."""
+        now = self.clock()
+        with self.tracking.datastore.transaction(commit=False) as curs:
+            due = curs.execute("SELECT complaint_id, kind, due_at FROM crm_sla_deadlines WHERE due_at <= %s "
+                               "ORDER BY due_at LIMIT %s", (now, limit)).fetchall()
+        recorded = sum(self._fire(row["complaint_id"], row["kind"], row["due_at"], now) for row in due)
+        self.fired += recorded
+        return recorded
+
+    def _fire(self, complaint_id: UUID, kind: str, due_at: datetime, now: datetime) -> int:
+        try:
+            complaint: Complaint = self.store.repository.get(complaint_id)
+            if kind == BREACH:
+                complaint.record_sla_breach(occurred_at=now, actor=ACTOR)
+            else:
+                complaint.issue_sla_warning(occurred_at=now, actor=ACTOR)
+            self.store.save(complaint)
+            log.info("sla.fired", complaint_id=str(complaint_id), kind=kind, late_s=(now - due_at).total_seconds())
+            return 1
+        except (DomainError, IntegrityError) as refused:  # already recorded, no longer active, raced: fine
+            log.debug("sla.not_fired", complaint_id=str(complaint_id), kind=kind, reason=str(refused))
+            with self.tracking.datastore.transaction(commit=True) as curs:
+                curs.execute("DELETE FROM crm_sla_deadlines WHERE complaint_id = %s AND kind = %s AND due_at = %s",
+                             (complaint_id, kind, due_at))
+            return 0
+
+    def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                busy = self.follow() + self.fire_due()
+                backoff = 0.5
+            except Exception:  # the database is away: wait and catch up (the table and log remember)
+                log.exception("sla.saga.error")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            if not busy:
+                stop.wait(idle_wait)
+
+    def close(self) -> None:
+        self.tracking.datastore.close()
+
+
+class SagaThread:
+    """The saga inside `crm up`."""
+
+    def __init__(self, saga: SlaSaga) -> None:
+        self.saga, self.stop_event = saga, threading.Event()
+        self.thread = threading.Thread(target=saga.run, args=(self.stop_event,), name="crm-sla-saga", daemon=True)
+
+    def start(self) -> SagaThread:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+        self.saga.close()

@@ -1,0 +1,238 @@
+"""SLA saga in virtual time, the SLA policy, prevention warnings, and crashes of the saga process."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from crm.aggregates.complaint import Complaint
+from crm.infra.sla_saga import SlaSaga
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def events_of(rt, complaint_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [type(e).__name__ for e in rt.store.events.get(UUID(complaint_id))]
+
+
+def tiered_customer(admin, tier: str | None) -> str:  # type: ignore[no-untyped-def]
+    cid = admin.post("/v1/customers", json={"name": f"Tier {tier}", "email": "care@example.com"}).json()["id"]
+    if tier:
+        admin.post(f"/v1/customers/{cid}/tier-override", json={"tier": tier, "reason": "r", "approved_by": "x"})
+    return cid
+
+
+def settle(saga: SlaSaga) -> None:
+    while saga.follow():
+        pass
+    saga.fire_due()
+    while saga.follow():
+        pass
+
+
+@pytest.fixture
+def virtual(fresh_system):  # type: ignore[no-untyped-def]
+    clock = Clock(T0)
+    rt, admin = fresh_system(clock=clock)
+    saga = SlaSaga(rt.store, rt.database_url, clock=clock)
+    yield rt, admin, clock, saga
+    saga.close()
+
+
+def test_an_a_tier_complaint_warns_at_80_percent_and_breaches_after_3_days(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    filed = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "late",
+                                               "description": "d"}).json()
+    assert filed["due_at"] == "2026-03-05T09:00:00Z"
+    settle(saga)
+    assert saga.pending() == 2 and "SlaWarningIssued" not in events_of(rt, filed["id"])
+    clock.advance(days=2, hours=9, minutes=36)  # 80 % of 3 days = 57.6 h
+    settle(saga)
+    assert events_of(rt, filed["id"])[-1] == "SlaWarningIssued"
+    clock.advance(hours=14, minutes=23)
+    settle(saga)
+    assert "SlaBreached" not in events_of(rt, filed["id"])
+    clock.advance(minutes=1)
+    settle(saga)
+    assert events_of(rt, filed["id"]).count("SlaBreached") == 1 and saga.pending() == 0
+
+
+def test_a_b_tier_complaint_is_due_in_five_days_and_resolving_cancels_its_deadlines(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    filed = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "B"), "category": "late",
+                                               "description": "d"}).json()
+    assert filed["due_at"] == "2026-03-07T09:00:00Z"
+    admin.post(f"/v1/complaints/{filed['id']}/resolve", json={"resolution": "ok", "by": "ann"})
+    settle(saga)
+    assert saga.pending() == 0
+    clock.advance(days=30)
+    settle(saga)
+    assert "SlaBreached" not in events_of(rt, filed["id"])
+
+
+def test_time_awaiting_the_customer_does_not_count(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    kid = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "c",
+                                             "description": "d"}).json()["id"]
+    clock.advance(days=1)
+    admin.post(f"/v1/complaints/{kid}/await-customer")
+    settle(saga)
+    assert saga.pending() == 0  # paused: nothing can fire
+    clock.advance(days=4)
+    resumed = admin.post(f"/v1/complaints/{kid}/resume")
+    assert resumed.status_code == 200
+    complaint: Complaint = rt.store.repository.get(UUID(kid))
+    assert complaint.deadlines.due_at == T0 + timedelta(days=7)  # 3 days + 4 paused
+    clock.advance(days=1, hours=23)
+    settle(saga)
+    assert "SlaBreached" not in events_of(rt, kid)
+    clock.advance(hours=2)
+    settle(saga)
+    assert events_of(rt, kid).count("SlaBreached") == 1
+
+
+def test_a_reopened_complaint_runs_a_fresh_clock(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    kid = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "c",
+                                             "description": "d"}).json()["id"]
+    clock.advance(days=4)
+    settle(saga)
+    assert events_of(rt, kid).count("SlaBreached") == 1
+    admin.post(f"/v1/complaints/{kid}/resolve", json={"resolution": "fixed", "by": "ann"})
+    clock.advance(days=1)
+    admin.post(f"/v1/complaints/{kid}/reopen", json={"reason": "not fixed"})
+    settle(saga)
+    clock.advance(days=2, hours=23)
+    settle(saga)
+    assert events_of(rt, kid).count("SlaBreached") == 1 and events_of(rt, kid).count("SlaWarningIssued") == 2
+    clock.advance(hours=2)
+    settle(saga)
+    assert events_of(rt, kid).count("SlaBreached") == 2
+
+
+def test_a_working_calendar_counts_only_opening_hours(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    policy = admin.put("/v1/sla/policy", json={"durations": {"A": "PT16H"}, "calendar": {
+        "weekdays": [0, 1, 2, 3, 4], "opens": "09:00", "closes": "17:00", "holidays": ["2026-03-03"],
+        "timezone": "UTC"}})
+    assert policy.status_code == 200, policy.text
+    filed = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "c",
+                                               "description": "d"}).json()
+    # Monday 09:00 + 16 working hours, Tuesday a holiday: due Wednesday 17:00
+    assert filed["due_at"] == "2026-03-04T17:00:00Z"
+
+
+def test_a_complaint_already_overdue_breaches_as_soon_as_the_saga_starts(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    kid = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, None), "category": "c",
+                                             "description": "d",
+                                             "filed_at": (T0 - timedelta(days=20)).isoformat()}).json()["id"]
+    settle(saga)
+    assert events_of(rt, kid)[-2:] == ["SlaWarningIssued", "SlaBreached"] or \
+        sorted(events_of(rt, kid)[-2:]) == ["SlaBreached", "SlaWarningIssued"]
+
+
+def test_two_sagas_firing_the_same_deadline_record_it_once(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    kid = admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "c",
+                                             "description": "d"}).json()["id"]
+    other = SlaSaga(rt.store, rt.database_url, clock=clock)
+    try:
+        settle(saga)
+        clock.advance(days=5)
+        saga.fire_due()
+        other.fire_due()
+        settle(other)
+        settle(saga)
+    finally:
+        other.close()
+    assert events_of(rt, kid).count("SlaBreached") == 1 and events_of(rt, kid).count("SlaWarningIssued") == 1
+
+
+def test_a_bad_sla_policy_is_refused_and_the_old_one_stays(admin) -> None:
+    before = admin.get("/v1/sla/policy").json()
+    for bad in [{"durations": {"A": "3 days"}}, {"warn_ratio": 1.5}, {"durations": {"A": "-P1D"}},
+                {"calendar": {"weekdays": [], "opens": "09:00", "closes": "17:00"}},
+                {"calendar": {"weekdays": [0], "opens": "18:00", "closes": "17:00"}}, {"colour": 1}]:
+        assert admin.put("/v1/sla/policy", json=bad).status_code == 422, bad
+    assert admin.get("/v1/sla/policy").json() == before
+
+
+def test_ordering_a_product_complained_about_warns_with_that_complaints_history(fresh_system) -> None:
+    rt, admin = fresh_system()
+    admin.post("/v1/products", json={"sku": "W-9", "name": "Widget", "standard_cost": "1", "list_price": "2"})
+    admin.post("/v1/products", json={"sku": "W-10", "name": "Other", "standard_cost": "1", "list_price": "2"})
+    cid = tiered_customer(admin, None)
+    first = admin.post("/v1/orders", json={"customer_id": cid, "lines": [{"sku": "W-9", "quantity": 1,
+                                                                          "unit_price": "2"}]}).json()
+    assert first["warnings"] == []
+    kid = admin.post("/v1/complaints", json={"customer_id": cid, "category": "quality",
+                                             "description": "it broke", "order_id": first["id"]}).json()["id"]
+    resolved = admin.post(f"/v1/complaints/{kid}/resolve", json={"resolution": "refunded", "by": "ann"}).json()
+    assert rt.reads.wait_for(resolved["position"], 10)
+    again = admin.post("/v1/orders", json={"customer_id": cid, "lines": [
+        {"sku": "W-9", "quantity": 2, "unit_price": "2"}, {"sku": "W-10", "quantity": 1, "unit_price": "2"}]}).json()
+    (warning,) = again["warnings"]
+    assert warning["complaint_id"] == kid and warning["sku"] == "W-9" and warning["status"] == "resolved"
+    assert warning["summary"] == "quality: it broke" and warning["resolution"] == "refunded"
+    order = rt.store.repository.get(UUID(again["id"]))
+    assert [str(i) for i in order.warned_complaint_ids] == [kid]  # the auditor sees the warning was given
+    shipped = admin.post(f"/v1/orders/{again['id']}/ship").json()
+    assert [w["complaint_id"] for w in shipped["warnings"]] == [kid]
+    other = tiered_customer(admin, None)
+    assert admin.post("/v1/orders", json={"customer_id": other, "lines": [
+        {"sku": "W-9", "quantity": 1, "unit_price": "2"}]}).json()["warnings"] == []
+
+
+@pytest.mark.slow
+def test_killing_the_saga_process_at_random_points_records_each_breach_once(fresh_system, tmp_path) -> None:
+    rt, admin = fresh_system()
+    ids = []
+    for n in range(40):
+        cid = tiered_customer(admin, None)
+        ids.append(admin.post("/v1/complaints", json={
+            "customer_id": cid, "category": "c", "description": f"overdue {n}",
+            "filed_at": (datetime.now(timezone.utc) - timedelta(days=11)).isoformat()}).json()["id"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    env.update(CRM_DATABASE_URL=rt.database_url, CRM_DATA_DIR=str(tmp_path), CRM_KAFKA_BOOTSTRAP="off")
+    crm = Path(sys.executable).with_name("crm")
+    rng = random.Random(5)
+    for _ in range(6):  # bounded: six kills at random points, then one run to the end
+        process = subprocess.Popen([str(crm), "--log-level", "WARNING", "saga"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = subprocess.Popen([str(crm), "--log-level", "WARNING", "saga"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while any(events_of(rt, k).count("SlaBreached") == 0 for k in ids):
+            assert time.monotonic() < deadline, "breaches were not all recorded"
+            time.sleep(0.3)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    for kid in ids:
+        names = events_of(rt, kid)
+        assert names.count("SlaBreached") == 1 and names.count("SlaWarningIssued") == 1, names
