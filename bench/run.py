@@ -16,6 +16,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from psycopg_pool import ConnectionPool
+
+from bench.followers import audit_history_10k_ms, relay_events_per_s, verify_events_per_s
 from bench.workload import write_history
 from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000, help="history size (about 9 events each)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument("--retier-customers", type=int, default=1_000_000,
+                        help="customers in the re-tier benchmark (0 skips it; its setup takes minutes)")
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
     url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-")))
@@ -88,10 +93,33 @@ def main() -> None:
         rows.append((f"rebuild {name}", f"{rate:,.0f} events/s", f"{rate / raw:.2f} × raw log read"))
     rows.append(("rebuild_events_per_s", f"{slowest:,.0f}", "the slowest projection (median)"))
 
+    pool = ConnectionPool(url, min_size=1, max_size=4, kwargs={"options": "-c TimeZone=UTC"})
+    relay = statistics.median(relay_events_per_s(store, url) for _ in range(args.repeat))
+    results["relay_events_per_s"] = round(relay)
+    rows.append(("relay_events_per_s", f"{relay:,.0f}", f"{head:,} events to a local tansu broker, acks=all, "
+                                                         f"{relay / raw:.2f} × raw log read"))
+    verified = verify_events_per_s(store, url, pool, args.repeat)
+    results["verify_events_per_s"] = round(verified)
+    rows.append(("verify_events_per_s", f"{verified:,.0f}", f"{verified / raw:.2f} × raw log read (decode)"))
+    history_ms = audit_history_10k_ms(store, url, pool, args.repeat)
+    results["audit_history_10k_events_ms"] = round(history_ms, 1)
+    rows.append(("audit_history_10k_events_ms", f"{history_ms:.1f}", "10,000-event history read to the end"))
+    if args.retier_customers:
+        from bench.retier import retier_seconds
+
+        retier_url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-retier-")))
+        retier_pool = ConnectionPool(retier_url, min_size=1, max_size=4, kwargs={"options": "-c TimeZone=UTC"})
+        seconds, changed = retier_seconds(open_event_store(retier_url), retier_url, retier_pool, args.retier_customers)
+        key = "retier_1m_customers_s" if args.retier_customers == 1_000_000 else None
+        if key:
+            results[key] = round(seconds, 1)
+        rows.append((f"re-tier {args.retier_customers:,} customers", f"{seconds:.1f} s",
+                     f"{changed:,} TierAssigned appended; target ≤ 60 s for 1,000,000"))
+
     results["machine"] = f"{platform.machine()}, {_cpu()}, {_cores()} cores, Python {platform.python_version()}"
     results["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     Path("bench/results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"| figure | value | note |\n|---|---|---|")
+    print("| figure | value | note |\n|---|---|---|")
     for figure, value, note in rows:
         print(f"| {figure} | {value} | {note} |")
     print(f"\nmachine: {results['machine']}; date: {results['date']}; not yet measured: "

@@ -30,6 +30,7 @@ from crm.aggregates.complaint import Complaint
 from crm.aggregates.order import Order
 from crm.infra.audit_schema import APP, CHAIN, CHECKPOINTS, LINKS, SCHEMA, TRACKING_ENV, create_tables, ensure_schema
 from crm.infra.event_store import CrmEventStore
+from crm.infra.followers import FollowerThread
 from crm.infra.postgres import eventsourcing_env
 
 log = structlog.get_logger(__name__)
@@ -170,22 +171,12 @@ def _customer_of(notification: Notification) -> UUID:
     return UUID(json.loads(notification.state)["customer_id"]["_data_"])
 
 
-class ChainerThread:
-    """The chainer inside `crm up`: a thread, stopped with the process."""
+class ChainerThread(FollowerThread):
+    """The chainer inside `crm up`."""
 
     def __init__(self, chainer: HashChainer) -> None:
-        self.chainer, self.stop_event = chainer, threading.Event()
-        self.thread = threading.Thread(target=chainer.run, args=(self.stop_event,), name="crm-audit-chain",
-                                       daemon=True)
-
-    def start(self) -> ChainerThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        self.chainer.close()
+        super().__init__(chainer, "crm-audit-chain")
+        self.chainer = chainer
 
 
 def export_checkpoint(pool: ConnectionPool, position: int | None = None) -> dict[str, Any] | None:

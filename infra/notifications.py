@@ -20,18 +20,17 @@ from typing import Any, Callable
 from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Notification, Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.utils import Environment, get_topic
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.utils import get_topic
 from psycopg_pool import ConnectionPool
 
 from crm.aggregates.complaint import AlreadyRecordedError, Complaint
 from crm.aggregates.errors import DomainError, InvalidValueError
 from crm.aggregates.values import require_email
 from crm.infra.event_store import CrmEventStore
+from crm.infra.followers import FollowerThread, open_tracking
 from crm.infra.mail import (Letter, MailOutbox, NotAcceptedError, OutboxMail, OutcomeUnknownError, compose,
                             message_id, open_mailer, resolution_letter, sla_letter)
-from crm.infra.postgres import eventsourcing_env
 from crm.infra.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,12 +45,6 @@ STUCK_CHECK_EVERY = timedelta(minutes=1)
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def open_tracking(database_url: str) -> PostgresTrackingRecorder:
-    """The notifier's position in the log, in its own table (notifier_tracking)."""
-    env = Environment("notifier", {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
-    return InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
 
 
 def alert_recipient(assignee: str | None, escalation_address: str) -> str:
@@ -74,7 +67,7 @@ class Notifier:
         self.retry_base, self.stuck_after, self.batch_size = retry_base, stuck_after, batch_size
         self.mailer = open_mailer(settings.smtp_url, settings.data_dir)
         self.outbox = MailOutbox(pool)
-        self.tracking = open_tracking(database_url or settings.database_url or pool.conninfo)
+        self.tracking = open_tracking(database_url or settings.database_url or pool.conninfo, "notifier")
         self._failures, self._outage_since, self._paused_until = 0, 0.0, None
         self._accepted: dict[str, datetime] = {}  # taken by the server, 'sent' not yet committed
         self._reported: set[str] = set()
@@ -273,19 +266,9 @@ class Notifier:
         self.tracking.datastore.close()
 
 
-class NotifierThread:
-    """The notifier inside `crm up`: a thread, stopped with the process."""
+class NotifierThread(FollowerThread):
+    """The notifier inside `crm up`."""
 
     def __init__(self, notifier: Notifier) -> None:
-        self.notifier, self.stop_event = notifier, threading.Event()
-        self.thread = threading.Thread(target=notifier.run, args=(self.stop_event,), name="crm-notifier",
-                                       daemon=True)
-
-    def start(self) -> NotifierThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        self.notifier.close()
+        super().__init__(notifier, "crm-notifier")
+        self.notifier = notifier

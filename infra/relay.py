@@ -17,23 +17,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import InfrastructureFactory, Tracking
+from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.utils import Environment
 
 from crm.infra.cloudevents import plain_json, to_cloudevent
 from crm.infra.event_store import CrmEventStore
+from crm.infra.followers import FollowerThread, open_tracking
 from crm.infra.kafka import ensure_topics, producer_config
-from crm.infra.postgres import eventsourcing_env
 
 log = structlog.get_logger(__name__)
 APP = CrmEventStore.name
 BATCH = 2_000
-
-
-def open_tracking(database_url: str) -> PostgresTrackingRecorder:
-    env = Environment("relay", {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
-    return InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
 
 
 def forget_position(tracking: PostgresTrackingRecorder) -> None:
@@ -56,7 +50,7 @@ class Relay:
                  replication: int = 1, batch_size: int = BATCH) -> None:
         self.store, self.bootstrap, self.batch_size = store, bootstrap, batch_size
         self.partitions, self.replication = partitions, replication
-        self.tracking = open_tracking(database_url)
+        self.tracking = open_tracking(database_url, "relay")
         self.status = RelayStatus(position=self.position())
         self._producer: Any = None
 
@@ -158,18 +152,9 @@ def lag(store: CrmEventStore, position: int) -> tuple[int, float]:
     return head - position, max(0.0, (datetime.now(timezone.utc) - recorded).total_seconds())
 
 
-class RelayThread:
-    """The relay inside `crm up`: a thread, stopped with the process."""
+class RelayThread(FollowerThread):
+    """The relay inside `crm up`."""
 
     def __init__(self, relay: Relay) -> None:
-        self.relay, self.stop_event = relay, threading.Event()
-        self.thread = threading.Thread(target=relay.run, args=(self.stop_event,), name="crm-relay", daemon=True)
-
-    def start(self) -> RelayThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        self.relay.close()
+        super().__init__(relay, "crm-relay")
+        self.relay = relay

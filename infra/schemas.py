@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import typing
-from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
-from uuid import UUID
 
 from pydantic import WithJsonSchema, create_model
 

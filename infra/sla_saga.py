@@ -7,21 +7,18 @@ complaint already overdue breaches at once. The clock is injectable, so tests ru
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Tracking
-from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.utils import Environment
+from eventsourcing.persistence import IntegrityError, Tracking
 
 from crm.aggregates.complaint import Complaint
 from crm.aggregates.errors import DomainError
 from crm.infra.event_store import CrmEventStore
-from crm.infra.postgres import eventsourcing_env
-from crm.sagas.sla import BREACH, CancelDeadline, SetDeadline, deadline_changes
+from crm.infra.followers import FollowerThread, open_tracking
+from crm.sagas.sla import BREACH, SetDeadline, deadline_changes
 
 log = structlog.get_logger(__name__)
 APP = CrmEventStore.name
@@ -40,8 +37,7 @@ class SlaSaga:
 
     def __init__(self, store: CrmEventStore, database_url: str, clock: Callable[[], datetime] = utc_now,
                  batch_size: int = 1_000) -> None:
-        env = Environment("saga", {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
-        self.tracking = InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
+        self.tracking = open_tracking(database_url, "saga")
         with self.tracking.datastore.transaction(commit=True) as curs:
             curs.execute(SCHEMA)
         self.store, self.clock, self.batch_size = store, clock, batch_size
@@ -120,18 +116,9 @@ class SlaSaga:
         self.tracking.datastore.close()
 
 
-class SagaThread:
-    """The saga inside `crm up`."""
+class SagaThread(FollowerThread):
+    """The SLA saga inside `crm up`."""
 
     def __init__(self, saga: SlaSaga) -> None:
-        self.saga, self.stop_event = saga, threading.Event()
-        self.thread = threading.Thread(target=saga.run, args=(self.stop_event,), name="crm-sla-saga", daemon=True)
-
-    def start(self) -> SagaThread:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=10)
-        self.saga.close()
+        super().__init__(saga, "crm-sla-saga")
+        self.saga = saga

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import date, datetime, timezone
 from decimal import Decimal
 from uuid import UUID
 
-import pytest
 
 from crm.infra.read_models import start_runners, stop_runners
 from crm.infra.rebuild import checksums, rebuild

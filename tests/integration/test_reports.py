@@ -8,7 +8,7 @@ domain and the event store. Reads wait for the last write with `X-Min-Position`.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID

@@ -95,7 +95,7 @@ def put_policy(body: PolicyChange, request: Request, who: Manager) -> PolicyView
 @router.post("/runs", status_code=202, response_model=RunAccepted)
 def start_run(request: Request, who: Manager, body: RunRequest | None = None) -> RunAccepted:
     """Start a run over all active customers (one at a time: a second is 409); follow it at /runs/{id}."""
-    from crm.infra.tiering_runs import RunInProgressError, execute
+    from crm.infra.tiering_runs import RunInProgressError
     from crm.infra.unit_of_work import utc_now
 
     runtime = request.app.state.runtime
