@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000, help="history size (about 9 events each)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument("--sla-complaints", type=int, default=100_000,
+                        help="open complaints in the SLA breach-lag benchmark (0 skips it)")
     parser.add_argument("--retier-customers", type=int, default=1_000_000,
                         help="customers in the re-tier benchmark (0 skips it; its setup takes minutes)")
     args = parser.parse_args()
@@ -104,6 +106,14 @@ def main() -> None:
     history_ms = audit_history_10k_ms(store, url, pool, args.repeat)
     results["audit_history_10k_events_ms"] = round(history_ms, 1)
     rows.append(("audit_history_10k_events_ms", f"{history_ms:.1f}", "10,000-event history read to the end"))
+    if args.sla_complaints:
+        from bench.sla import breach_lag_ms
+
+        sla_url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-sla-")))
+        p50, p99, breaches = breach_lag_ms(open_event_store(sla_url), sla_url, args.sla_complaints)
+        results["sla_breach_lag_p99_ms"] = round(p99, 1)
+        rows.append(("sla_breach_lag_p99_ms", f"{p99:,.1f}", f"p50 {p50:,.1f} ms; {breaches:,} breaches due in a "
+                     f"20 s window among {args.sla_complaints:,} open complaints"))
     if args.retier_customers:
         from bench.retier import retier_seconds
 
