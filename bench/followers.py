@@ -14,7 +14,7 @@ from crm.infra.audit_history import history
 from crm.infra.audit_verify import verify
 from crm.infra.event_store import CrmEventStore
 from crm.infra.kafka import start_local_broker
-from crm.infra.relay import Relay
+from crm.infra.relay import Relay, forget_position
 from crm.infra.tiering_runs import insert_in_safe_calls
 
 
@@ -22,6 +22,8 @@ def relay_events_per_s(store: CrmEventStore, url: str) -> float:
     """Publish the whole log to a fresh local broker (acks=all, idempotent): events per second."""
     broker = start_local_broker()
     relay = Relay(store, url, broker.bootstrap)
+    forget_position(relay.tracking)  # every repeat publishes the whole log again
+    relay.status.position = 0
     try:
         head, started = store.position(), time.perf_counter()
         while relay.status.position < head:
