@@ -51,14 +51,7 @@ def start_chainer(runtime: Runtime) -> ChainerThread:
 
 def run_chainer(runtime: Runtime) -> None:
     """`crm audit chain`: follow the log and extend the hash chain until Ctrl-C (production runs it alone)."""
-    running = start_chainer(runtime)
-    try:
-        while running.thread.is_alive():
-            running.thread.join(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        running.stop()
+    start_chainer(runtime).run_until_interrupted()
 
 
 def _log_cli(runtime: Runtime, what: str) -> None:

@@ -40,3 +40,13 @@ class FollowerThread:
         self.stop_event.set()
         self.thread.join(timeout=10)
         self.follower.close()
+
+    def run_until_interrupted(self) -> None:
+        """For the commands that run one follower alone: until Ctrl-C, then stop it cleanly."""
+        try:
+            while self.thread.is_alive():
+                self.thread.join(1.0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()

@@ -204,12 +204,9 @@ def relay(replay: bool) -> None:
         if replay:
             forget_position(running.relay.tracking)
         log.info("relay.running", bootstrap=bootstrap)
-        while running.thread.is_alive():
-            running.thread.join(1.0)
-    except KeyboardInterrupt:
-        pass
+        running.run_until_interrupted()
     finally:
-        if running is not None:
+        if running is not None and running.thread.is_alive():
             running.stop()
         if broker is not None:
             broker.stop()
@@ -301,15 +298,10 @@ def saga() -> None:
     from crm.infra.runtime import open_runtime
 
     runtime = open_runtime(Settings(), generate_key=False)
-    running = _start_saga(runtime)
     log.info("sla.saga.running")
     try:
-        while running.thread.is_alive():
-            running.thread.join(1.0)
-    except KeyboardInterrupt:
-        pass
+        _start_saga(runtime).run_until_interrupted()
     finally:
-        running.stop()
         runtime.close()
 
 
