@@ -15,7 +15,7 @@ from crm.infra.audit_verify import verify
 from crm.infra.event_store import CrmEventStore
 from crm.infra.kafka import start_local_broker
 from crm.infra.relay import Relay, forget_position
-from crm.infra.tiering_runs import insert_in_safe_calls
+from crm.infra.event_store import insert_in_safe_calls
 
 
 def relay_events_per_s(store: CrmEventStore, url: str) -> float:

@@ -24,7 +24,8 @@ from crm.aggregates.tiering import DEFAULT_TIERING_POLICY
 from crm.infra.event_store import CrmEventStore
 from crm.infra.read_models import open_view
 from crm.infra.read_store import PgReadStore
-from crm.infra.tiering_runs import RunStore, execute, insert_in_safe_calls
+from crm.infra.event_store import insert_in_safe_calls
+from crm.infra.tiering_runs import RunStore, execute
 from crm.projections import PROJECTIONS
 
 AS_OF = datetime(2026, 6, 1, tzinfo=timezone.utc)

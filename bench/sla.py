@@ -19,7 +19,7 @@ from eventsourcing.utils import get_topic
 from crm.aggregates.complaint import Complaint
 from crm.infra.event_store import CrmEventStore
 from crm.infra.sla_saga import SagaThread, SlaSaga
-from crm.infra.tiering_runs import insert_in_safe_calls
+from crm.infra.event_store import insert_in_safe_calls
 
 
 def _filed(complaint_id: uuid.UUID, filed_at: datetime, due_at: datetime) -> Complaint.Filed:

@@ -4,13 +4,18 @@ of their own, and a thread that runs them inside `crm up` until the process stop
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+import time
+from typing import Any, Callable, Protocol
+
+import structlog
 
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 
 from crm.infra.postgres import eventsourcing_env
+
+log = structlog.get_logger(__name__)
 
 
 class Follower(Protocol):
@@ -23,6 +28,30 @@ def open_tracking(database_url: str, name: str) -> PostgresTrackingRecorder:
     """The library's tracking recorder for one follower: table `<name>_tracking`, one connection."""
     env = Environment(name, {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
     return InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
+
+
+def run_rounds(stop: threading.Event, one_round: Callable[[], int], *, name: str, idle_wait: float,
+               on_error: Callable[[], None] = lambda: None, **context: Any) -> None:
+    """Repeat one_round() until stop is set: wait idle_wait when it did nothing; after a failure
+    (database, broker, SMTP away) call on_error, back off (0.1 s doubling to 5 s) and retry, never
+    skip. An outage is logged once when it starts and once when it ends, not once per retry."""
+    backoff, outage_since = 0.1, None
+    while not stop.is_set():
+        try:
+            done = one_round()
+        except Exception as error:
+            on_error()
+            if outage_since is None:
+                outage_since = time.monotonic()
+                log.warning(f"{name}.unavailable", error=repr(error)[:300], **context)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+            continue
+        if outage_since is not None:
+            log.info(f"{name}.back", outage_s=round(time.monotonic() - outage_since, 1), **context)
+            outage_since, backoff = None, 0.1
+        if not done:
+            stop.wait(idle_wait)
 
 
 class FollowerThread:

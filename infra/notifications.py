@@ -28,7 +28,7 @@ from crm.aggregates.complaint import AlreadyRecordedError, Complaint
 from crm.aggregates.errors import DomainError, InvalidValueError
 from crm.aggregates.values import require_email
 from crm.infra.event_store import CrmEventStore
-from crm.infra.followers import FollowerThread, open_tracking
+from crm.infra.followers import FollowerThread, open_tracking, run_rounds
 from crm.infra.mail import (Letter, MailOutbox, NotAcceptedError, OutboxMail, OutcomeUnknownError, compose,
                             message_id, open_mailer, resolution_letter, sla_letter)
 from crm.infra.settings import Settings
@@ -77,22 +77,7 @@ class Notifier:
         return self.tracking.max_tracking_id(APP) or 0
 
     def run(self, stop: threading.Event) -> None:
-        backoff, outage_since = 0.1, None
-        while not stop.is_set():
-            try:
-                done = self.process_next()
-            except Exception as error:  # the database or the event store: retry, never skip
-                if outage_since is None:  # one line per outage
-                    outage_since = time.monotonic()
-                    log.warning("notifier.unavailable", error=repr(error)[:300])
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if outage_since is not None:
-                log.info("notifier.back", outage_s=round(time.monotonic() - outage_since, 1))
-                outage_since, backoff = None, 0.1
-            if not done:
-                stop.wait(0.1)
+        run_rounds(stop, self.process_next, name="notifier", idle_wait=0.1)
 
     def process_next(self) -> int:
         """One round: enqueue the next events' e-mails, deliver what is due, record deliveries; work done."""

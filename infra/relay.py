@@ -11,7 +11,6 @@ order per key holds.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +21,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 
 from crm.infra.cloudevents import plain_json, to_cloudevent
 from crm.infra.event_store import CrmEventStore
-from crm.infra.followers import FollowerThread, open_tracking
+from crm.infra.followers import FollowerThread, open_tracking, run_rounds
 from crm.infra.kafka import ensure_topics, producer_config
 
 log = structlog.get_logger(__name__)
@@ -58,26 +57,13 @@ class Relay:
         return self.tracking.max_tracking_id(APP) or 0
 
     def run(self, stop: threading.Event) -> None:
-        backoff, outage_since = 0.1, None
-        while not stop.is_set():
-            try:
-                sent = self.publish_next()
-            except Exception as error:  # the broker, the network or the producer: retry, never skip
-                self._drop_producer()
-                self.status.broker_reachable = False
-                if outage_since is None:  # one line per outage, not one per message
-                    outage_since = time.monotonic()
-                    log.warning("relay.broker_unavailable", bootstrap=self.bootstrap, error=repr(error)[:300])
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if outage_since is not None:
-                log.info("relay.broker_back", bootstrap=self.bootstrap,
-                         outage_s=round(time.monotonic() - outage_since, 1))
-                outage_since, backoff = None, 0.1
-            if not sent:
-                stop.wait(0.02)
+        run_rounds(stop, self.publish_next, name="relay.broker", idle_wait=0.02, on_error=self._broker_failed,
+                   bootstrap=self.bootstrap)
         self._drop_producer()
+
+    def _broker_failed(self) -> None:
+        self._drop_producer()
+        self.status.broker_reachable = False
 
     def publish_next(self) -> int:
         """Publish the next batch and advance the position once every message is acknowledged."""

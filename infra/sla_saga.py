@@ -17,7 +17,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from crm.aggregates.complaint import Complaint
 from crm.aggregates.errors import DomainError
 from crm.infra.event_store import CrmEventStore
-from crm.infra.followers import FollowerThread, open_tracking
+from crm.infra.followers import FollowerThread, open_tracking, run_rounds
 from crm.sagas.sla import BREACH, SetDeadline, deadline_changes
 
 log = structlog.get_logger(__name__)
@@ -99,18 +99,8 @@ class SlaSaga:
             return 0
 
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                busy = self.follow() + self.fire_due()
-                backoff = 0.5
-            except Exception:  # the database is away: wait and catch up (the table and log remember)
-                log.exception("sla.saga.error")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10)
-                continue
-            if not busy:
-                stop.wait(idle_wait)
+        """Follow and fire until stopped; while the database is away, wait and catch up afterwards."""
+        run_rounds(stop, lambda: self.follow() + self.fire_due(), name="sla.saga", idle_wait=idle_wait)
 
     def close(self) -> None:
         self.tracking.datastore.close()

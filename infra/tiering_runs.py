@@ -24,16 +24,11 @@ from psycopg.types.json import Jsonb
 
 from crm.aggregates.customer import Customer
 from crm.aggregates.tiering import NO_ORDERS_REASON, Indicators, TieringPolicy, grade
-from crm.infra.event_store import CrmEventStore
+from crm.infra.event_store import CrmEventStore, safe_calls
 from crm.infra.read_store import PgReadStore
 
 log = structlog.get_logger(__name__)
 BATCH = 1_000
-# The library's recorder pipelines one INSERT … RETURNING per event. Measured here: one call
-# carrying ~600 KB of events (2,000 small ones, or 1,000 TierAssigned) hangs the psycopg pipeline
-# for good (both ends blocked on full socket buffers), while ~300 KB never did. So a call is
-# bounded by bytes as well as by count. Never raise these without re-measuring.
-MAX_CALL_BYTES = 200_000
 ACTOR = "tiering-run"
 RUNS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_tiering_runs (
     id uuid PRIMARY KEY, status text NOT NULL, as_of timestamptz NOT NULL, policy_version integer NOT NULL,
@@ -145,26 +140,6 @@ def append_tiers(store: CrmEventStore, changes: list[Outcome], *, policy_version
                 appended += sum(_assign_one(store, o, policy_version, run_id, as_of) for o, _ in call)
         on_batch(len(batch))
     return appended
-
-
-def safe_calls(pairs: list[tuple[Any, Any]]) -> Iterator[list[tuple[Any, Any]]]:
-    """Group (item, stored event) pairs into recorder calls of at most MAX_CALL_BYTES."""
-    call: list[tuple[Any, Any]] = []
-    size = 0
-    for pair in pairs:
-        if call and size + len(pair[1].state) > MAX_CALL_BYTES:
-            yield call
-            call, size = [], 0
-        call.append(pair)
-        size += len(pair[1].state)
-    if call:
-        yield call
-
-
-def insert_in_safe_calls(store: CrmEventStore, stored: list[Any]) -> None:
-    """Insert through the recorder in calls of at most MAX_CALL_BYTES (see there why)."""
-    for call in safe_calls([(None, event) for event in stored]):
-        store.recorder.insert_events([event for _, event in call])
 
 
 def _event(o: Outcome, policy_version: int, run_id: uuid.UUID, as_of: datetime, now: datetime) -> Any:

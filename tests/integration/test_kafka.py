@@ -120,7 +120,7 @@ def test_commands_keep_working_while_the_broker_is_down_and_everything_arrives_a
     assert sorted(e["position"] for e in first_seen.values()) == list(range(1, head + 1))
     versions = [e["aggregateversion"] for r in collected for e in [json.loads(r.value)] if e["subject"] == customer]
     assert versions == sorted(versions) and versions[-1] == 5
-    outage_lines = [r for r in caplog.records if "relay.broker_unavailable" in r.getMessage()]
+    outage_lines = [r for r in caplog.records if "relay.broker.unavailable" in r.getMessage()]
     assert len(outage_lines) == 1, "an outage is logged once, not once per message or retry"
 
 
