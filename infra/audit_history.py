@@ -24,8 +24,10 @@ from crm.infra.audit_chain import LINK_TOPICS
 from crm.infra.audit_schema import CHAIN, LINKS, ensure_schema, events_table
 from crm.infra.cloudevents import plain_json
 from crm.infra.event_store import CrmEventStore
+from crm.infra.personal_data import FIELD as PERSONAL_FIELD
 
 FETCH = 2_000
+PERSONAL_MARK = b'"%s":' % PERSONAL_FIELD.encode()
 REGISTERED = get_topic(Customer.Registered)
 HIDDEN = {"timestamp", "originator_topic", "class_version"}  # envelope, shown as fields of their own
 Basis = Literal["recorded", "occurred"]
@@ -90,7 +92,8 @@ def _line(store: CrmEventStore, position: int, aggregate_id: str, version: int, 
     plain = _unwrap(state)
     head = _HEAD.match(plain)
     tail = _TAIL.match(plain, max(plain.rfind(b',"occurred_at":"'), 0))
-    if head is None or tail is None or class_version != 1 or b'"class_version"' in plain:
+    if (head is None or tail is None or class_version != 1 or b'"class_version"' in plain
+            or PERSONAL_MARK in plain):  # sealed personal data: the mapper opens it (or shows it erased)
         entry = _entry(store, position, UUID(aggregate_id), version, topic, chain_hash)
         return json.dumps(entry, separators=(",", ":")).encode()
     return (b'{"position":%d,"aggregate_type":"%s","aggregate_id":"%s","version":%d,"type":"%s",'

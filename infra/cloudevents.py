@@ -12,6 +12,7 @@ from eventsourcing.utils import resolve_topic
 
 ENVELOPE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 SCHEMA_BASE = "urn:crm:schema:"
+PERSONAL_FIELD = "_personal"  # where crm.infra.personal_data keeps an event's sealed personal data
 
 
 def _plain(d: dict[str, Any]) -> Any:
@@ -49,10 +50,12 @@ def to_cloudevent(notification: Notification, upcast: Callable[[Notification], d
     """(topic, key, value, headers) of one event; `id` is `<aggregate id>:<version>`, the dedupe key.
 
     The stored JSON is used as it is, unless it was written by an older version of the event
-    class: then `upcast` (the library's mapper, which runs the class's upcasters) supplies it."""
+    class or holds sealed personal data: then `upcast` (the library's mapper, which runs the
+    class's upcasters and opens the seal) supplies it."""
     kafka_topic, ce_type, schema = event_type(notification.topic)
     state = _decode(notification.state.decode("utf8"))
-    if state.pop("class_version", 1) != getattr(resolve_topic(notification.topic), "class_version", 1):
+    if state.pop("class_version", 1) != getattr(resolve_topic(notification.topic), "class_version", 1) \
+            or PERSONAL_FIELD in state:  # sealed personal data: the mapper opens it (or shows it erased)
         state = upcast(notification)
     subject = str(notification.originator_id)
     envelope = {

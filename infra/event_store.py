@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Transcoding
+from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
 
+from crm.infra.personal_data import KeyStore, PersonalDataMapper
 from crm.infra.postgres import eventsourcing_env
 
 
@@ -28,6 +29,14 @@ class CrmEventStore(Application[Any]):
     """All aggregates of crm in one application, so one notification log gives the total order."""
 
     name = "crm"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env=env)
+        self.mapper.keys = KeyStore(self.recorder.datastore)  # type: ignore[attr-defined]
+
+    def construct_mapper(self) -> Mapper[Any]:
+        """The library's mapper, sealing personal data under per-customer keys (see personal_data)."""
+        return self.factory.mapper(transcoder=self.construct_transcoder(), mapper_class=PersonalDataMapper)
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)

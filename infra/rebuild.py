@@ -67,6 +67,7 @@ def _read(store: CrmEventStore, writer: ReadModelProjection, after: int, limit: 
     """The next events this projection handles (the store filters by topic: nothing else is decoded)."""
     notifications = store.recorder.select_notifications(start=after + 1, limit=limit,
                                                         topics=writer.handled_topics())
+    store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
     return [(writer.writes_for(store.mapper.to_domain_event(n)), n.id) for n in notifications]
 
 

@@ -74,6 +74,7 @@ class Relay:
             self.status.broker_reachable = True
             return 0
         futures = []
+        self.store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
         for notification in notifications:
             topic, key, value, headers = to_cloudevent(notification, self._upcast)
             futures.append(producer.send(topic, key=key, value=value, headers=headers))

@@ -51,7 +51,10 @@ def schema_for(event_class: type) -> dict[str, Any]:
     from crm.infra.cloudevents import event_type
 
     hints = typing.get_type_hints(event_class)
-    own = [name for name in event_class.__annotations__ if name not in SKIP]
+    # An explicitly declared event (one with a class_version) keeps its fields on the class the
+    # @event decorator subclasses; both carry the same qualified name.
+    own = list(dict.fromkeys(name for c in reversed(event_class.__mro__) if c.__qualname__ == event_class.__qualname__
+                             for name in vars(c).get("__annotations__", {}) if name not in SKIP))
     fields = {name: (_as_json_type(hints[name]), ...) for name in own}
     model = create_model(event_class.__qualname__.replace(".", ""), **fields)  # type: ignore[call-overload]
     schema = model.model_json_schema()

@@ -46,6 +46,11 @@ class EventStoreUnitOfWork:
 
         return [] if self._reads is None else earlier_complaints(self._reads, customer_id, skus)
 
+    def shred_personal_data(self, customer_id: UUID) -> None:
+        from crm.infra.personal_data import shred
+
+        shred(self.store, customer_id)
+
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:
             aggregate = self.store.repository.get(aggregate_id)

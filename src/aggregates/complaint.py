@@ -195,12 +195,27 @@ class Complaint(Aggregate):
             raise AlreadyRecordedError("the customer was already notified of this resolution")
         self._customer_notified(channel=require_text("channel", channel, max_len=20),
                                 address=require_text("address", address, max_len=254),
-                                confirmation_version=self.confirmed_version,
+                                confirmation_version=self.confirmed_version, customer_id=self.customer_id,
                                 occurred_at=occurred_at, actor=actor)
 
-    @event("CustomerNotified")
+    class CustomerNotified(Aggregate.Event):
+        """v2 names the customer, whose key seals the address (so erasure reaches it); v1 did not."""
+
+        channel: str
+        address: str
+        confirmation_version: int
+        customer_id: UUID | None
+        occurred_at: datetime
+        actor: str
+        class_version = 2
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["customer_id"] = None
+
+    @event(CustomerNotified)
     def _customer_notified(self, channel: str, address: str, confirmation_version: int,
-                           occurred_at: datetime, actor: str) -> None:
+                           customer_id: UUID | None, occurred_at: datetime, actor: str) -> None:
         self.notified_for_version = confirmation_version
 
     def rate(self, *, score: int, comment: str | None, occurred_at: datetime, actor: str) -> None:

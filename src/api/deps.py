@@ -50,6 +50,7 @@ def expected_version(if_match: Annotated[str | None, Header(alias="If-Match")] =
 
 IfMatch = Annotated[int | None, Depends(expected_version)]
 CustomersWriter = Annotated[Principal, Depends(allowed("customers.write"))]
+CustomersEraser = Annotated[Principal, Depends(allowed("customers.erase"))]
 ProductsWriter = Annotated[Principal, Depends(allowed("products.write"))]
 OrdersWriter = Annotated[Principal, Depends(allowed("orders.write"))]
 ComplaintFiler = Annotated[Principal, Depends(allowed("complaints.file"))]

@@ -6,6 +6,7 @@ ADMIN, AGENT, SALES, AUDITOR, CUSTOMER = "admin", "agent", "sales", "auditor", "
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "customers.write": frozenset({ADMIN, SALES}),
+    "customers.erase": frozenset({ADMIN}),
     "products.write": frozenset({ADMIN}),
     "orders.write": frozenset({ADMIN, SALES}),
     "complaints.file": frozenset({ADMIN, AGENT, CUSTOMER}),

@@ -80,6 +80,10 @@ class UnitOfWork(Protocol):
         """The customer's earlier complaints about these SKUs, from the read model (prevention)."""
         ...
 
+    def shred_personal_data(self, customer_id: UUID) -> None:
+        """Destroy the key that seals the customer's personal data (idempotent)."""
+        ...
+
 
 def business_time(uow: UnitOfWork, given: datetime | None, field: str) -> datetime:
     """The command's business time: given (back-dated imports) or now; never in the future."""

@@ -14,6 +14,7 @@ HANDLERS: dict[type[Command], Callable[[Any, UnitOfWork, Context], Written]] = {
     customers.OverrideTier: customers.override_tier,
     customers.DeactivateCustomer: customers.deactivate_customer,
     customers.ReactivateCustomer: customers.reactivate_customer,
+    customers.ErasePersonalData: customers.erase_personal_data,
     products.RegisterProduct: products.register_product,
     products.ChangeStandardCost: products.change_standard_cost,
     orders.PlaceOrder: orders.place_order,

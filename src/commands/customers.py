@@ -94,6 +94,16 @@ class ReactivateCustomer(Command):
     customer_id: UUID
 
 
+class ErasureDetails(Command):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class ErasePersonalData(ErasureDetails):
+    """GDPR erasure: the customer's personal data becomes unreadable for good; business facts stay."""
+
+    customer_id: UUID
+
+
 def register_customer(cmd: RegisterCustomer, uow: UnitOfWork, ctx: Context) -> Written:
     customer = Customer.register(occurred_at=uow.now(), actor=ctx.actor, **cmd.as_profile(False))
     return written(customer, uow.save(customer))
@@ -130,3 +140,15 @@ def reactivate_customer(cmd: ReactivateCustomer, uow: UnitOfWork, ctx: Context) 
     customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
     customer.reactivate(occurred_at=uow.now(), actor=ctx.actor)
     return written(customer, uow.save(customer))
+
+
+def erase_personal_data(cmd: ErasePersonalData, uow: UnitOfWork, ctx: Context) -> Written:
+    """Record PersonalDataErased, then destroy the customer's key. A repeat after a crash between the
+    two (the customer already erased) destroys the key again, idempotently, before refusing."""
+    customer = uow.get(Customer, cmd.customer_id, ctx.expected_version)
+    if customer.erased:
+        uow.shred_personal_data(customer.id)
+    customer.erase_personal_data(reason=cmd.reason, occurred_at=uow.now(), actor=ctx.actor)
+    result = written(customer, uow.save(customer))
+    uow.shred_personal_data(customer.id)
+    return result

@@ -76,4 +76,7 @@ class ReadModelProjection(Projection[Any]):
             if event_class not in found:
                 found.add(event_class)
                 registered.extend(event_class.__subclasses__())
-        return tuple(sorted(get_topic(c) for c in found))
+        # An event class declared explicitly (to give it a class_version) has a same-named subclass
+        # made by the @event decorator; that subclass is the one stored, so only it has a topic.
+        shadowed = {c for c in found if any(s.__qualname__ == c.__qualname__ for s in c.__subclasses__())}
+        return tuple(sorted(get_topic(c) for c in found - shadowed))

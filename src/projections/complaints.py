@@ -6,6 +6,7 @@ from functools import singledispatchmethod
 from typing import Any, Callable
 
 from crm.aggregates.complaint import Complaint
+from crm.aggregates.customer import Customer
 from crm.projections.base import ReadModelProjection, Write, as_json
 
 COMMON = {"originator_id", "originator_version", "timestamp", "originator_topic", "occurred_at", "actor"}
@@ -90,6 +91,14 @@ class ComplaintsProjection(ReadModelProjection):
             writes.append(_resolution(event))
         writes.append(_step(event, name))
         return writes
+
+    @writes_for.register
+    def _(self, event: Customer.PersonalDataErased) -> list[Write]:
+        # The address a resolution e-mail went to is the customer's personal data too.
+        return [Write("""UPDATE complaint_steps SET details = details || '{"address": "[erased]"}'::jsonb
+                          WHERE type = 'CustomerNotified' AND complaint_id IN
+                                (SELECT id FROM complaints WHERE customer_id = %(id)s)""",
+                      {"id": event.originator_id})]
 
 
 def _filed(event: Any) -> Write:

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 
-from crm.api.deps import CustomersWriter, IfMatch, execute
+from crm.api.deps import CustomersEraser, CustomersWriter, IfMatch, execute
 from crm.api.schemas import WriteResult
 from crm.commands import customers as c
 
@@ -60,4 +60,15 @@ def reactivate(customer_id: UUID, request: Request, response: Response, who: Cus
                version: IfMatch) -> WriteResult:
     """Reactivate a deactivated customer."""
     command = c.ReactivateCustomer(customer_id=customer_id)
+    return WriteResult.of(execute(request, response, command, who, version))
+
+
+@router.post("/{customer_id}/erase", response_model=WriteResult)
+def erase(customer_id: UUID, body: c.ErasureDetails, request: Request, response: Response,
+          who: CustomersEraser, version: IfMatch) -> WriteResult:
+    """GDPR erasure (admin only): destroys the key that seals the customer's name, e-mail, phone,
+    birthday and special days (and the addresses resolution e-mails went to), and records
+    PersonalDataErased. History, read models and Kafka then show those fields as erased; orders,
+    profit and complaints stay; `GET /v1/audit/verify` still passes. A second erase is 409."""
+    command = c.ErasePersonalData(customer_id=customer_id, **body.model_dump())
     return WriteResult.of(execute(request, response, command, who, version))

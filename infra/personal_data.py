@@ -1,0 +1,229 @@
+"""Personal data encrypted with a key per customer, so erasure destroys the key (crypto-shredding).
+
+Events are immutable and hash-chained, so GDPR erasure cannot edit them. Instead the personal
+fields of an event (a customer's name, e-mail, phone, birthday and special days; the address a
+resolution e-mail went to) are sealed with AES-256-GCM under that customer's key before the event
+is stored, and the stored event carries only the ciphertext plus the names of the sealed fields:
+
+    {"...": ..., "_personal": {"customer": "<hex>", "fields": ["name", ...], "nonce": "..", "sealed": ".."}}
+
+Erasure (`PersonalDataErased`) replaces the key by a tombstone. From then on every reader (the
+aggregate, projections, rebuilds, the relay, the audit history) decodes those fields as `ERASED`,
+the stored bytes never change, so the hash chain still verifies, and business facts (orders,
+profit, complaints) are untouched. The associated data of each seal is the event's id and
+version, so ciphertext cannot be moved to another event.
+
+Keys are cached per process for KEY_TTL seconds; a process that sees the erasure event (or erases)
+drops the key at once, and any other process stops using it within KEY_TTL.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from typing import Any, Iterable
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.utils import get_topic
+
+from crm.aggregates.complaint import Complaint
+from crm.aggregates.customer import Customer
+from crm.infra.cloudevents import PERSONAL_FIELD as FIELD
+
+KEY_TTL = 60.0
+CACHE_LIMIT = 200_000
+ERASED: dict[str, Any] = {"name": "[erased]", "email": None, "phone": None, "birthday": None,
+                          "special_days": [], "address": "[erased]"}
+CUSTOMER_FIELDS = ("name", "email", "phone", "birthday", "special_days")
+REGISTERED, PROFILE_UPDATED = get_topic(Customer.Registered), get_topic(Customer.ProfileUpdated)
+CUSTOMER_NOTIFIED, ERASURE = get_topic(Complaint.CustomerNotified), get_topic(Customer.PersonalDataErased)
+
+KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
+    customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
+    erased_at timestamptz, CHECK ((key IS NULL) = (erased_at IS NOT NULL)))"""
+
+
+class MissingKeyError(LookupError):
+    """Sealed data names a customer with no key row at all (never created, or the table was lost)."""
+
+
+class KeyStore:
+    """Customer keys in PostgreSQL (table crm_personal_keys), with a per-process cache.
+
+    `datastore` is the library's PostgresDatastore (anything with transaction(commit=...))."""
+
+    def __init__(self, datastore: Any) -> None:
+        self.datastore = datastore
+        self._cache: dict[UUID, tuple[bytes | None, float]] = {}
+        self._lock = threading.Lock()
+        with datastore.transaction(commit=True) as curs:
+            curs.execute(KEYS_SCHEMA)
+
+    def key_for(self, customer_id: UUID, *, create: bool) -> bytes | None:
+        """The customer's key; None once erased. With create, a customer without a key gets one."""
+        cached = self._cache.get(customer_id)
+        if cached is not None and (cached[0] is None or time.monotonic() - cached[1] < KEY_TTL):
+            return cached[0]
+        with self.datastore.transaction(commit=create) as curs:
+            if create:
+                curs.execute("INSERT INTO crm_personal_keys (customer_id, key) VALUES (%s, %s) "
+                             "ON CONFLICT (customer_id) DO NOTHING", (customer_id, AESGCM.generate_key(256)))
+            curs.execute("SELECT key FROM crm_personal_keys WHERE customer_id = %s", (customer_id,))
+            row = curs.fetchone()
+        if row is None:
+            raise MissingKeyError(f"no personal-data key for customer {customer_id}")
+        return self._remember(customer_id, row["key"])
+
+    def prefetch(self, customer_ids: Iterable[UUID]) -> None:
+        """Load many customers' keys in one query (for batch readers: rebuilds, the relay, audit)."""
+        now = time.monotonic()
+        wanted = list({c for c in customer_ids if (self._cache.get(c) or (b"", -KEY_TTL))[1] + KEY_TTL <= now})
+        if not wanted:
+            return
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute("SELECT customer_id, key FROM crm_personal_keys WHERE customer_id = ANY(%s)", (wanted,))
+            rows = curs.fetchall()
+        for row in rows:
+            self._remember(row["customer_id"], row["key"])
+
+    def create_many(self, customer_ids: list[UUID]) -> None:
+        """Give many new customers their keys in one statement (bulk imports)."""
+        keys = [AESGCM.generate_key(256) for _ in customer_ids]
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("INSERT INTO crm_personal_keys (customer_id, key) SELECT * FROM unnest(%s::uuid[], "
+                         "%s::bytea[]) ON CONFLICT (customer_id) DO NOTHING", (customer_ids, keys))
+        for customer_id, key in zip(customer_ids, keys):
+            self._remember(customer_id, key)
+
+    def destroy(self, customer_id: UUID) -> None:
+        """Erase the key for good, leaving a tombstone (so no new key is ever made for this customer).
+        Idempotent. PostgreSQL keeps the old bytes in WAL and backups until they age out."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute("INSERT INTO crm_personal_keys (customer_id, key, erased_at) VALUES (%s, NULL, now()) "
+                         "ON CONFLICT (customer_id) DO UPDATE SET key = NULL, "
+                         "erased_at = coalesce(crm_personal_keys.erased_at, now())", (customer_id,))
+        self.forget(customer_id, erased=True)
+
+    def forget(self, customer_id: UUID, *, erased: bool) -> None:
+        with self._lock:
+            if erased:
+                self._cache[customer_id] = (None, time.monotonic())
+            else:
+                self._cache.pop(customer_id, None)
+
+    def _remember(self, customer_id: UUID, key: bytes | None) -> bytes | None:
+        key = None if key is None else bytes(key)
+        with self._lock:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[customer_id] = (key, time.monotonic())
+        return key
+
+
+def _personal_part(topic: str, state: dict[str, Any]) -> tuple[UUID | None, dict[str, Any], dict[str, Any]]:
+    """(owning customer, the personal fields, where they live) of an event's state; no owner if none."""
+    if topic == REGISTERED:
+        return state["originator_id"], state, {f: state[f] for f in CUSTOMER_FIELDS if f in state}
+    if topic == PROFILE_UPDATED:
+        changes = state["changes"] = dict(state["changes"])
+        return state["originator_id"], changes, {f: changes[f] for f in CUSTOMER_FIELDS if f in changes}
+    if topic == CUSTOMER_NOTIFIED and state.get("customer_id") is not None:
+        return state["customer_id"], state, {"address": state["address"]}
+    return None, state, {}
+
+
+def _aad(originator_id: Any, version: int) -> bytes:
+    return f"{originator_id}:{version}".encode()
+
+
+class PersonalDataMapper(Mapper[UUID]):
+    """The library's mapper, sealing personal fields under their customer's key (see module doc)."""
+
+    keys: KeyStore
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        topic = get_topic(type(domain_event))
+        if topic == ERASURE:
+            self.keys.forget(domain_event.originator_id, erased=False)  # re-read: the tombstone follows
+        if topic not in (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED):
+            return super().to_stored_event(domain_event)
+        state = dict(vars(domain_event))
+        owner, holder, personal = _personal_part(topic, state)
+        if owner is None or not personal:
+            return super().to_stored_event(domain_event)
+        key = self.keys.key_for(owner, create=True)
+        for name in personal:
+            del holder[name]
+        seal: dict[str, Any] = {"customer": owner.hex, "fields": list(personal)}
+        if key is not None:  # an erased customer's personal data is never stored, sealed or not
+            nonce = os.urandom(12)
+            sealed = AESGCM(key).encrypt(nonce, self.transcoder.encode(personal),
+                                         _aad(domain_event.originator_id, domain_event.originator_version))
+            seal.update(nonce=base64.b64encode(nonce).decode(), sealed=base64.b64encode(sealed).decode())
+        state[FIELD] = seal
+        clone = object.__new__(type(domain_event))
+        object.__setattr__(clone, "__dict__", state)
+        return super().to_stored_event(clone)
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        domain_event = super().to_domain_event(stored_event)
+        if stored_event.topic == ERASURE:
+            self.keys.forget(stored_event.originator_id, erased=True)
+        state = vars(domain_event)
+        seal = state.pop(FIELD, None)
+        if seal is not None:
+            holder = state["changes"] if stored_event.topic == PROFILE_UPDATED else state
+            holder.update(self._open(seal, stored_event))
+        return domain_event
+
+    def _open(self, seal: dict[str, Any], stored_event: StoredEvent) -> dict[str, Any]:
+        key = self.keys.key_for(UUID(seal["customer"]), create=False) if "sealed" in seal else None
+        if key is None:
+            return {name: ERASED[name] for name in seal["fields"]}
+        try:
+            plain = AESGCM(key).decrypt(base64.b64decode(seal["nonce"]), base64.b64decode(seal["sealed"]),
+                                        _aad(stored_event.originator_id, stored_event.originator_version))
+        except InvalidTag as error:
+            raise ValueError(f"personal data of event {stored_event.originator_id}:"
+                             f"{stored_event.originator_version} does not open with its customer's key") from error
+        opened: dict[str, Any] = self.transcoder.decode(plain)
+        return opened
+
+    def prefetch(self, stored_events: Iterable[StoredEvent]) -> None:
+        """Load the keys a batch of stored events will need, in one query."""
+        owners = []
+        for stored in stored_events:
+            if stored.topic in (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED) and b'"' + FIELD.encode() in stored.state:
+                owners.append(_owner(stored))
+        if owners:
+            self.keys.prefetch(owners)
+
+
+def _owner(stored: StoredEvent) -> UUID:
+    state = stored.state
+    start = state.index(b'"customer":"', state.index(FIELD.encode())) + len(b'"customer":"')
+    return UUID(state[start:start + 32].decode())
+
+
+def shred(store: Any, customer_id: UUID) -> None:
+    """Destroy the customer's key, and blank the copies of its personal data kept outside the log:
+    the e-mails to it in the mail outbox (a pending one is never sent). Idempotent."""
+    store.mapper.keys.destroy(customer_id)
+    with store.recorder.datastore.transaction(commit=True) as curs:
+        curs.execute("SELECT to_regclass('crm_mail_outbox') IS NOT NULL AND "
+                     "to_regclass('read_complaints.complaints') IS NOT NULL AS ready")
+        if curs.fetchone()["ready"]:
+            curs.execute("""UPDATE crm_mail_outbox SET body = '[erased]',
+                                   recipient = CASE WHEN recipient IS NULL THEN NULL ELSE '[erased]' END,
+                                   status = CASE WHEN status = 'pending' THEN 'skipped' ELSE status END,
+                                   last_error = CASE WHEN status = 'pending' THEN 'personal data erased'
+                                                     ELSE last_error END
+                             WHERE kind = 'confirmation' AND complaint_id IN
+                                   (SELECT id FROM read_complaints.complaints WHERE customer_id = %s)""",
+                         (customer_id,))
