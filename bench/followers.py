@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import time
 from datetime import datetime, timezone
 
+from eventsourcing.persistence import Tracking
 from psycopg_pool import ConnectionPool
 
 from crm.aggregates.customer import Customer
@@ -14,7 +16,11 @@ from crm.infra.audit_history import history
 from crm.infra.audit_verify import verify
 from crm.infra.event_store import CrmEventStore
 from crm.infra.kafka import start_local_broker
-from crm.infra.relay import Relay, forget_position
+from crm.commands.base import Context
+from crm.commands.bus import dispatch
+from crm.commands.customers import RegisterCustomer
+from crm.infra.relay import Relay, RelayThread, forget_position
+from crm.infra.unit_of_work import EventStoreUnitOfWork
 from crm.infra.event_store import insert_in_safe_calls
 
 
@@ -25,6 +31,7 @@ def relay_events_per_s(store: CrmEventStore, url: str) -> float:
     forget_position(relay.tracking)  # every repeat publishes the whole log again
     relay.status.position = 0
     try:
+        relay._ensure_producer()  # connected and topics created: the steady state is timed
         head, started = store.position(), time.perf_counter()
         while relay.status.position < head:
             relay.publish_next()
@@ -61,3 +68,60 @@ def audit_history_10k_ms(store: CrmEventStore, url: str, pool: ConnectionPool, r
         timings.append((time.perf_counter() - started) * 1000)
         assert lines == 10_000, lines
     return statistics.median(timings)
+
+
+def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: float = 10.0
+                 ) -> tuple[float, float, float, int]:
+    """End-to-end relay lag under load: RegisterCustomer commands through the command bus at `rate`
+    per second (3 paced writer processes, as API processes would be) while the relay runs as in `crm up`. An event's lag is the
+    time from its recording (the stored timestamp) until the broker acknowledged its batch (when the
+    relay advanced its position past it). Returns (p50 ms, p99 ms, commands/s achieved, events)."""
+    broker = start_local_broker()
+    relay = Relay(store, url, broker.bootstrap)
+    relay._ensure_producer()
+    acks: list[tuple[int, float]] = []
+    insert_tracking = relay.tracking.insert_tracking
+
+    def tracked(tracking: Tracking) -> None:
+        insert_tracking(tracking)
+        acks.append((tracking.notification_id, time.time()))
+
+    relay.tracking.insert_tracking = tracked  # type: ignore[method-assign]
+    start_position = store.position()
+    forget_position(relay.tracking)
+    relay.tracking.insert_tracking(Tracking("crm", start_position))
+    thread = RelayThread(relay).start()
+    writers = 3
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(writers) as pool:
+        counts = pool.starmap(_write_customers, [(url, n, rate / writers, seconds) for n in range(writers)])
+    achieved = sum(counts) / (time.perf_counter() - started)
+    head, deadline = store.position(), time.monotonic() + 30
+    while relay.status.position < head and time.monotonic() < deadline:
+        time.sleep(0.01)
+    thread.stop()
+    broker.stop()
+    lags = []
+    for notification in store.recorder.select_notifications(start=start_position + 2, limit=head):
+        recorded = store.mapper.to_domain_event(notification).timestamp.timestamp()
+        acked = next(at for position, at in acks if position >= notification.id)
+        lags.append((acked - recorded) * 1000)
+    cuts = statistics.quantiles(lags, n=100)
+    return cuts[49], cuts[98], achieved, len(lags)
+
+
+def _write_customers(url: str, n: int, rate: float, seconds: float) -> int:
+    """A writer process of relay_lag_ms: RegisterCustomer at `rate` per second for `seconds`."""
+    from crm.infra.event_store import open_event_store
+
+    store = open_event_store(url)
+    uow, ctx, interval = EventStoreUnitOfWork(store, "EUR"), Context(actor="bench"), 1 / rate
+    count, started = 0, time.perf_counter()
+    next_at = started
+    while time.perf_counter() < started + seconds:  # behind schedule: as fast as it can
+        dispatch(RegisterCustomer(name=f"Lag {n}-{count}", region="North"), uow, ctx)
+        uow._now, count = None, count + 1
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    store.close()
+    return count

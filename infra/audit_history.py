@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from datetime import datetime
 from typing import Any, Iterator, Literal
 from uuid import UUID
@@ -22,12 +21,10 @@ from psycopg_pool import ConnectionPool
 from crm.aggregates.customer import Customer
 from crm.infra.audit_chain import LINK_TOPICS
 from crm.infra.audit_schema import CHAIN, LINKS, ensure_schema, events_table
-from crm.infra.cloudevents import plain_json
+from crm.infra.cloudevents import cut, plain_json
 from crm.infra.event_store import CrmEventStore
-from crm.infra.personal_data import FIELD as PERSONAL_FIELD
 
 FETCH = 2_000
-PERSONAL_MARK = b'"%s":' % PERSONAL_FIELD.encode()
 REGISTERED = get_topic(Customer.Registered)
 HIDDEN = {"timestamp", "originator_topic", "class_version"}  # envelope, shown as fields of their own
 Basis = Literal["recorded", "occurred"]
@@ -45,13 +42,6 @@ SELECT e.notification_id, e.originator_id::text, e.originator_version, e.topic, 
   LEFT JOIN {chain} h ON h.position = e.notification_id
  ORDER BY e.notification_id
 """
-# The stored JSON, as the library writes it: the envelope first, then the event's fields with
-# occurred_at and actor last; ids, decimals and times as {"_type_": ..., "_data_": ...} values.
-_TYPED = re.compile(rb'\{"_type_":"(uuid_hex|decimal_str|datetime_iso|date_iso)","_data_":"([^"\\]*)"\}')
-_HEAD = re.compile(rb'\{"timestamp":"([^"\\]*)",(?:"originator_topic":"[^"\\]*",)?')
-_TAIL = re.compile(rb',"occurred_at":"([^"\\]*)","actor":"(?:[^"\\]|\\.)*"\}\Z')
-
-
 @functools.lru_cache(maxsize=None)
 def _names(topic: str) -> tuple[bytes, bytes, int]:
     """(aggregate type, event type, class version) of an event topic."""
@@ -89,31 +79,15 @@ def _line(store: CrmEventStore, position: int, aggregate_id: str, version: int, 
           chain_hash: bytes | None) -> bytes:
     """One event as JSON, cut from the stored JSON without decoding it (the common, fast path)."""
     aggregate_type, event_type, class_version = _names(topic)
-    plain = _unwrap(state)
-    head = _HEAD.match(plain)
-    tail = _TAIL.match(plain, max(plain.rfind(b',"occurred_at":"'), 0))
-    if (head is None or tail is None or class_version != 1 or b'"class_version"' in plain
-            or PERSONAL_MARK in plain):  # sealed personal data: the mapper opens it (or shows it erased)
+    pieces = cut(state, class_version)  # sealed personal data or an old class version: the mapper
+    if pieces is None:
         entry = _entry(store, position, UUID(aggregate_id), version, topic, chain_hash)
         return json.dumps(entry, separators=(",", ":")).encode()
+    recorded_at, occurred_at, data = pieces
     return (b'{"position":%d,"aggregate_type":"%s","aggregate_id":"%s","version":%d,"type":"%s",'
-            b'"occurred_at":"%s","recorded_at":"%s","data":{%s,"hash":%s}'
-            % (position, aggregate_type, aggregate_id.encode(), version, event_type, tail[1], head[1],
-               plain[head.end():], b'"%s"' % chain_hash.hex().encode() if chain_hash else b"null"))
-
-
-def _unwrap(state: bytes) -> bytes:
-    """The store's typed values as plain JSON strings (ids in their 8-4-4-4-12 form)."""
-    parts = _TYPED.split(state)
-    if len(parts) == 1:
-        return state
-    out = [parts[0]]
-    for i in range(1, len(parts), 3):
-        kind, data = parts[i], parts[i + 1]
-        if kind == b"uuid_hex":
-            data = b"%s-%s-%s-%s-%s" % (data[:8], data[8:12], data[12:16], data[16:20], data[20:])
-        out += (b'"', data, b'"', parts[i + 2])
-    return b"".join(out)
+            b'"occurred_at":"%s","recorded_at":"%s","data":%s,"hash":%s}'
+            % (position, aggregate_type, aggregate_id.encode(), version, event_type, occurred_at, recorded_at,
+               data, b'"%s"' % chain_hash.hex().encode() if chain_hash else b"null"))
 
 
 def _entry(store: CrmEventStore, position: int, aggregate_id: UUID, version: int, topic: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from typing import Any, Callable
 from uuid import UUID
 
@@ -45,13 +46,59 @@ def plain_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=default))
 
 
+# The stored JSON, as the library writes it: the envelope first, then the event's fields with
+# occurred_at and actor last; ids, decimals and times as {"_type_": ..., "_data_": ...} values.
+_TYPED = re.compile(rb'\{"_type_":"(uuid_hex|decimal_str|datetime_iso|date_iso)","_data_":"([^"\\]*)"\}')
+_HEAD = re.compile(rb'\{"timestamp":"([^"\\]*)",(?:"originator_topic":"[^"\\]*",)?')
+_TAIL = re.compile(rb',"occurred_at":"([^"\\]*)","actor":"(?:[^"\\]|\\.)*"\}\Z')
+_NEEDS_MAPPER = (b'"class_version"', b'"%s":' % PERSONAL_FIELD.encode())
+
+
+def unwrap(state: bytes) -> bytes:
+    """The store's typed values as plain JSON strings (ids in their 8-4-4-4-12 form)."""
+    parts = _TYPED.split(state)
+    if len(parts) == 1:
+        return state
+    out = [parts[0]]
+    for i in range(1, len(parts), 3):
+        kind, data = parts[i], parts[i + 1]
+        if kind == b"uuid_hex":
+            data = b"%s-%s-%s-%s-%s" % (data[:8], data[8:12], data[12:16], data[16:20], data[20:])
+        out += (b'"', data, b'"', parts[i + 2])
+    return b"".join(out)
+
+
+def cut(state: bytes, class_version: int) -> tuple[bytes, bytes, bytes] | None:
+    """(recorded_at, occurred_at, data as a JSON object) cut from the stored JSON without decoding it;
+    None when only the library's mapper can read the event: written by an older version of its
+    class (it needs upcasting), holding sealed personal data, or of a shape not expected here."""
+    if class_version != 1 or any(mark in state for mark in _NEEDS_MAPPER):
+        return None
+    plain = unwrap(state)
+    head = _HEAD.match(plain)
+    tail = _TAIL.match(plain, max(plain.rfind(b',"occurred_at":"'), 0))
+    if head is None or tail is None:
+        return None
+    return head[1], tail[1], b"{" + plain[head.end():]
+
+
 def to_cloudevent(notification: Notification, upcast: Callable[[Notification], dict[str, Any]]
                   ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     """(topic, key, value, headers) of one event; `id` is `<aggregate id>:<version>`, the dedupe key.
 
-    The stored JSON is used as it is, unless it was written by an older version of the event
-    class or holds sealed personal data: then `upcast` (the library's mapper, which runs the
-    class's upcasters and opens the seal) supplies it."""
+    The stored JSON is used as it is (cut, not decoded), unless it was written by an older version
+    of the event class or holds sealed personal data: then `upcast` (the library's mapper, which
+    runs the class's upcasters and opens the seal) supplies it."""
+    kafka_topic, ce_type, schema = event_type(notification.topic)
+    pieces = cut(notification.state, _class_version(notification.topic))
+    if pieces is not None:
+        return _spliced(kafka_topic, ce_type, schema, notification, *pieces)
+    return decoded_cloudevent(notification, upcast)
+
+
+def decoded_cloudevent(notification: Notification, upcast: Callable[[Notification], dict[str, Any]]
+                       ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    """The general path of to_cloudevent: the stored JSON decoded (and upcast when it must be)."""
     kafka_topic, ce_type, schema = event_type(notification.topic)
     state = _decode(notification.state.decode("utf8"))
     if state.pop("class_version", 1) != getattr(resolve_topic(notification.topic), "class_version", 1) \
@@ -70,3 +117,24 @@ def to_cloudevent(notification: Notification, upcast: Callable[[Notification], d
                ("specversion", "id", "source", "type", "subject", "time", "position", "aggregateversion")]
     headers.append(("content-type", b"application/cloudevents+json; charset=utf-8"))
     return kafka_topic, subject.encode(), json.dumps(envelope, separators=(",", ":")).encode(), headers
+
+
+@functools.lru_cache(maxsize=None)
+def _class_version(topic: str) -> int:
+    return getattr(resolve_topic(topic), "class_version", 1)
+
+
+def _spliced(kafka_topic: str, ce_type: str, schema: str, notification: Notification, recorded_at: bytes,
+             occurred_at: bytes, data: bytes) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    """The same envelope as the decoding path, assembled from the cut pieces."""
+    subject = str(notification.originator_id).encode()
+    version = b"%d" % notification.originator_version
+    event_id, position, type_ = b"%s:%s" % (subject, version), b"%d" % notification.id, ce_type.encode()
+    value = (b'{"specversion":"1.0","id":"%s","source":"crm","type":"%s","subject":"%s","time":"%s",'
+             b'"datacontenttype":"application/json","dataschema":"%s","position":%s,"aggregateversion":%s,'
+             b'"recordedat":"%s","data":%s}' % (event_id, type_, subject, occurred_at,
+                                                (SCHEMA_BASE + schema).encode(), position, version, recorded_at, data))
+    headers = [("ce_specversion", b"1.0"), ("ce_id", event_id), ("ce_source", b"crm"), ("ce_type", type_),
+               ("ce_subject", subject), ("ce_time", occurred_at), ("ce_position", position),
+               ("ce_aggregateversion", version), ("content-type", b"application/cloudevents+json; charset=utf-8")]
+    return kafka_topic, subject, value, headers

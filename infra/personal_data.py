@@ -48,6 +48,12 @@ KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
     erased_at timestamptz, CHECK ((key IS NULL) = (erased_at IS NOT NULL)))"""
 
+# The new key, or the one the customer already has (one statement: the insert's own row is not
+# visible to the SELECT of the same statement, an existing one is).
+CREATE_KEY = """WITH made AS (INSERT INTO crm_personal_keys (customer_id, key) VALUES (%(id)s, %(key)s)
+                              ON CONFLICT (customer_id) DO NOTHING RETURNING key)
+SELECT key FROM made UNION ALL SELECT key FROM crm_personal_keys WHERE customer_id = %(id)s"""
+
 
 class MissingKeyError(LookupError):
     """Sealed data names a customer with no key row at all (never created, or the table was lost)."""
@@ -72,9 +78,12 @@ class KeyStore:
             return cached[0]
         with self.datastore.transaction(commit=create) as curs:
             if create:
-                curs.execute("INSERT INTO crm_personal_keys (customer_id, key) VALUES (%s, %s) "
-                             "ON CONFLICT (customer_id) DO NOTHING", (customer_id, AESGCM.generate_key(256)))
-            curs.execute("SELECT key FROM crm_personal_keys WHERE customer_id = %s", (customer_id,))
+                # No flush of its own: the event sealed with this key commits later, and flushing
+                # that commit flushes all WAL before it, this key included.
+                curs.execute("SET LOCAL synchronous_commit = off")
+                curs.execute(CREATE_KEY, {"id": customer_id, "key": AESGCM.generate_key(256)})
+            else:
+                curs.execute("SELECT key FROM crm_personal_keys WHERE customer_id = %(id)s", {"id": customer_id})
             row = curs.fetchone()
         if row is None:
             raise MissingKeyError(f"no personal-data key for customer {customer_id}")

@@ -86,6 +86,25 @@ def test_every_event_arrives_once_as_a_valid_cloudevent(fresh_system, kafka_brok
                                            "crm.customer.TierOverridden.v1", "crm.product.Registered.v1"}
 
 
+def test_the_envelope_cut_from_the_stored_json_equals_the_decoded_one(fresh_system) -> None:
+    from crm.infra.cloudevents import decoded_cloudevent, to_cloudevent
+    from crm.infra.relay import Relay
+
+    rt, admin = fresh_system(with_runners=False)
+    history = a_busy_history(admin)
+    relay = Relay(rt.store, rt.database_url, "127.0.0.1:1")  # never connects: only its upcast is used
+    notifications = rt.store.recorder.select_notifications(start=1, limit=history["position"])
+    sealed = 0
+    for notification in notifications:
+        topic, key, value, headers = to_cloudevent(notification, relay._upcast)
+        d_topic, d_key, d_value, d_headers = decoded_cloudevent(notification, relay._upcast)
+        assert (topic, key, headers) == (d_topic, d_key, d_headers), notification.id
+        assert json.loads(value) == json.loads(d_value), notification.id
+        sealed += b'"_personal"' in notification.state
+    assert len(notifications) == history["position"] > 20 and 0 < sealed < len(notifications)
+    relay.close()
+
+
 def test_commands_keep_working_while_the_broker_is_down_and_everything_arrives_after(fresh_system, caplog) -> None:
     rt, admin = fresh_system()
     broker = start_local_broker()
