@@ -26,4 +26,6 @@ clean:
 	rm -rf $(VENV) .crm .pytest_cache build *.egg-info
 
 bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || \
+	  echo "wrk missing: the HTTP figures are skipped (apt-get install wrk)"
 	$(BIN)/python -m bench.run

@@ -19,6 +19,7 @@ from pathlib import Path
 from psycopg_pool import ConnectionPool
 
 from bench.followers import audit_history_10k_ms, relay_events_per_s, relay_lag_ms, verify_events_per_s
+from bench.load import http_figures, wrk_available
 from bench.workload import write_history
 from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000, help="history size (about 9 events each)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--pgbench-seconds", type=int, default=10)
+    parser.add_argument("--http-seconds", type=int, default=10,
+                        help="each wrk run (raw, queries, commands × 1-3 API processes); 0 skips them")
     parser.add_argument("--sla-complaints", type=int, default=100_000,
                         help="open complaints in the SLA breach-lag benchmark (0 skips it)")
     parser.add_argument("--retier-customers", type=int, default=1_000_000,
@@ -96,6 +99,22 @@ def main() -> None:
     rows.append(("rebuild_events_per_s", f"{slowest:,.0f}", "the slowest projection (median)"))
 
     pool = ConnectionPool(url, min_size=1, max_size=4, kwargs={"options": "-c TimeZone=UTC"})
+    if args.http_seconds and wrk_available():  # the rebuilds left every read model at the head
+        by_workers = http_figures(url, pool, workers=(1, 2, 3), seconds=args.http_seconds, connections=32)
+        for kind, key in (("commands", "commands"), ("queries", "queries")):
+            best = max(by_workers, key=lambda w: by_workers[w][kind].per_s)
+            load, raw_load = by_workers[best][kind], by_workers[best]["raw"]
+            results[f"{key}_per_s"], results[f"{key}_p99_ms"] = round(load.per_s), round(load.p99_ms, 1)
+            if kind == "queries":
+                results["http_raw_per_s"] = round(raw_load.per_s)
+        for workers, loads in by_workers.items():
+            for kind in ("raw", "queries", "commands"):
+                load = loads[kind]
+                base = results["pg_raw_tx_per_s"] if kind == "commands" else loads["raw"].per_s
+                rows.append((f"http {kind}, {workers} API process{'es' if workers > 1 else ''}",
+                             f"{load.per_s:,.0f}/s", f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
+                             f"{load.failures} failed; {load.per_s / base:.2f} × "
+                             f"{'pg_raw' if kind == 'commands' else 'http raw'}"))
     relay = statistics.median(relay_events_per_s(store, url) for _ in range(args.repeat))
     results["relay_events_per_s"] = round(relay)
     rows.append(("relay_events_per_s", f"{relay:,.0f}", f"{head:,} events to a local tansu broker, acks=all, "

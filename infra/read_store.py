@@ -20,8 +20,15 @@ class PgReadStore:
         self.pool = pool
 
     def all(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as curs:
-            return curs.execute(query, params).fetchall()  # type: ignore[arg-type]
+        # One statement, so no transaction around it: autocommit saves the BEGIN and COMMIT round
+        # trips (a third of a 360 lookup's time, measured).
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor(row_factory=dict_row) as curs:
+                    return curs.execute(query, params).fetchall()  # type: ignore[arg-type]
+            finally:
+                conn.autocommit = False
 
     def one(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> dict[str, Any] | None:
         rows = self.all(query, params)

@@ -128,9 +128,28 @@ def up() -> None:
 
 
 @main.command()
-def api() -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="API processes sharing the port (each with its own connection pool)")
+@click.pass_context
+def api(ctx: click.Context, workers: int) -> None:
     """Run the API alone (production: point CRM_DATABASE_URL at the shared server)."""
-    _serve(Settings(), banner=False, with_projections=False, with_relay=False)
+    settings = Settings()
+    if workers == 1:
+        _serve(settings, banner=False, with_projections=False, with_relay=False)
+        return
+    import os
+
+    from crm.infra.runtime import open_runtime
+
+    if not settings.key_roles():
+        raise click.UsageError("with --workers, set CRM_API_KEYS: each worker would generate its own key")
+    runtime = open_runtime(settings, generate_key=False)  # schemas created once, before the workers race
+    os.environ.update(CRM_DATABASE_URL=runtime.database_url,
+                      CRM_LOG_LEVEL=ctx.parent.params["log_level"] if ctx.parent else "INFO")
+    runtime.close()
+    log.info("api.workers", workers=workers, port=settings.http_port)
+    uvicorn.run("crm.api.app:app_from_environment", factory=True, workers=workers, host="127.0.0.1",
+                port=settings.http_port, log_config=None, access_log=False)
 
 
 @main.group(invoke_without_command=True)

@@ -36,3 +36,28 @@ def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay:
     app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
     app.add_middleware(RequestContext)  # outermost: every line of a request carries its id
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The API of one worker process of `crm api --workers N` (uvicorn calls this in each worker):
+    a Runtime of its own from the CRM_* settings; closed when the worker stops."""
+    from contextlib import asynccontextmanager
+
+    from crm.infra.logging import configure_logging
+    from crm.infra.runtime import open_runtime
+    from crm.infra.settings import Settings
+
+    import os
+
+    settings = Settings()
+    configure_logging(os.environ.get("CRM_LOG_LEVEL", "INFO"))
+    runtime = open_runtime(settings, generate_key=False)
+    app = create_app(runtime)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        runtime.close()
+
+    app.router.lifespan_context = lifespan
+    return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Callable
+from typing import Annotated, Awaitable, Callable
 from uuid import UUID
 
 from fastapi import Depends, Header, HTTPException, Query, Request
@@ -26,11 +26,11 @@ async def read_your_writes(request: Request,
                             headers={"Retry-After": "1"})
 
 
-def only(*allowed: str) -> Callable[[Request], None]:
+def only(*allowed: str) -> Callable[[Request], Awaitable[None]]:
     """Refuse query parameters the route does not know (a typo must not silently widen a filter)."""
     known = set(allowed)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - known)
         if unknown:
             raise HTTPException(422, f"unknown query parameters: {', '.join(unknown)}")
@@ -38,19 +38,19 @@ def only(*allowed: str) -> Callable[[Request], None]:
     return check
 
 
-def reads(request: Request) -> ReadStore:
+async def reads(request: Request) -> ReadStore:
     return request.app.state.runtime.reads
 
 
-def codec(request: Request) -> CursorCodec:
+async def codec(request: Request) -> CursorCodec:
     return request.app.state.cursor_codec
 
 
-def today(request: Request) -> date:
+async def today(request: Request) -> date:
     return request.app.state.clock().date()
 
 
-def capped(limit: Annotated[int, Query(ge=1, description="page size; capped at 500")] = 50) -> int:
+async def capped(limit: Annotated[int, Query(ge=1, description="page size; capped at 500")] = 50) -> int:
     return min(limit, MAX_LIMIT)
 
 

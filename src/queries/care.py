@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from crm.aggregates.service_rules import DEFAULT_VISITS_PER_YEAR
 from crm.projections import CustomersProjection
-from crm.queries.customers import EFFECTIVE_TIER
+from crm.queries.customers import EFFECTIVE_TIER, UPCOMING_DAYS
 
 C = CustomersProjection.schema
 
@@ -27,21 +27,7 @@ class UpcomingDay(BaseModel):
 def upcoming_days(reads, today: date, days: int, customer_id: UUID | None = None) -> list[UpcomingDay]:  # type: ignore[no-untyped-def]
     """Days in [today, today + days], each on its next occurrence only; 29 February is kept on
     28 February in other years."""
-    rows = reads.all(f"""WITH window_days AS (
-            SELECT d::date AS day FROM generate_series(%(today)s::date, %(today)s::date + %(days)s, '1 day') d),
-        occurrences AS (
-            SELECT s.customer_id, c.name AS customer_name, s.label, w.day AS date,
-                   (w.day - %(today)s::date) AS days_ahead
-            FROM {C}.special_days s JOIN {C}.customers c ON c.id = s.customer_id AND c.active
-            JOIN window_days w ON (extract(month FROM w.day) = s.month AND extract(day FROM w.day) = s.day)
-               OR (s.month = 2 AND s.day = 29 AND extract(month FROM w.day) = 2 AND extract(day FROM w.day) = 28
-                   AND NOT (extract(year FROM w.day)::int %% 4 = 0 AND (extract(year FROM w.day)::int %% 100 <> 0
-                            OR extract(year FROM w.day)::int %% 400 = 0)))
-            WHERE (%(customer)s::uuid IS NULL OR s.customer_id = %(customer)s::uuid)),
-        next_occurrence AS (
-            SELECT DISTINCT ON (customer_id, label) * FROM occurrences ORDER BY customer_id, label, date)
-        SELECT * FROM next_occurrence ORDER BY date, customer_name, label""",
-                     {"today": today, "days": days, "customer": customer_id})
+    rows = reads.all(UPCOMING_DAYS, {"today": today, "days": days, "customer": customer_id})
     return [UpcomingDay(**r) for r in rows]
 
 

@@ -16,6 +16,22 @@ C, S, K = CustomersProjection.schema, SalesProjection.schema, ComplaintsProjecti
 EFFECTIVE_TIER = ("CASE WHEN c.override_tier IS NOT NULL AND (c.override_expires_on IS NULL "
                   "OR c.override_expires_on > %(today)s) THEN c.override_tier ELSE c.tier END")
 OPEN_STATUSES = ("open", "in_progress", "awaiting_customer")
+# Special days in [today, today + days] on their next occurrence only (of one customer, or all);
+# 29 February is kept on 28 February in other years.
+UPCOMING_DAYS = f"""WITH window_days AS (
+        SELECT d::date AS day FROM generate_series(%(today)s::date, %(today)s::date + %(days)s, '1 day') d),
+    occurrences AS (
+        SELECT s.customer_id, c.name AS customer_name, s.label, w.day AS date,
+               (w.day - %(today)s::date) AS days_ahead
+        FROM {C}.special_days s JOIN {C}.customers c ON c.id = s.customer_id AND c.active
+        JOIN window_days w ON (extract(month FROM w.day) = s.month AND extract(day FROM w.day) = s.day)
+           OR (s.month = 2 AND s.day = 29 AND extract(month FROM w.day) = 2 AND extract(day FROM w.day) = 28
+               AND NOT (extract(year FROM w.day)::int %% 4 = 0 AND (extract(year FROM w.day)::int %% 100 <> 0
+                        OR extract(year FROM w.day)::int %% 400 = 0)))
+        WHERE (%(customer)s::uuid IS NULL OR s.customer_id = %(customer)s::uuid)),
+    next_occurrence AS (
+        SELECT DISTINCT ON (customer_id, label) * FROM occurrences ORDER BY customer_id, label, date)
+    SELECT * FROM next_occurrence ORDER BY date, customer_name, label"""
 
 
 class CustomerSummary(BaseModel):
@@ -112,44 +128,42 @@ class Customer360(BaseModel):
     next_special_day: SpecialDay | None
 
 
+# The whole 360 view in one statement (one round trip): the profile row, money and visits as
+# lateral aggregates, open complaints and the next special day as JSON.
+_360 = f"""SELECT c.*, {EFFECTIVE_TIER} AS effective_tier, m.*, v.*,
+    (SELECT coalesce(jsonb_agg(k ORDER BY k.due_at), '[]') FROM (
+        SELECT id, category, status, tier, sku, filed_at, due_at, assignee FROM {K}.complaints
+         WHERE customer_id = c.id AND status = ANY(%(open)s)) k) AS open_complaints,
+    (SELECT to_jsonb(u) FROM ({UPCOMING_DAYS} LIMIT 1) u) AS next_day
+FROM {C}.customers c
+CROSS JOIN LATERAL (SELECT coalesce(sum(revenue), 0) AS rl, coalesce(sum(revenue - cost), 0) AS pl,
+        coalesce(sum(revenue) FILTER (WHERE placed_at >= %(year_start)s), 0) AS ry,
+        coalesce(sum(revenue - cost) FILTER (WHERE placed_at >= %(year_start)s), 0) AS py,
+        count(DISTINCT order_id) AS orders
+    FROM {S}.order_lines WHERE customer_id = c.id AND NOT cancelled) m
+CROSS JOIN LATERAL (SELECT max(visited_on) AS last_visit, count(*) FILTER (WHERE visited_on > %(since)s) AS n
+    FROM {C}.visits WHERE customer_id = c.id) v
+WHERE c.id = %(customer)s"""
+
+
 def customer_360(reads: ReadStore, customer_id: UUID, today: date) -> Customer360 | None:
-    row = reads.one(f"""SELECT c.*, {EFFECTIVE_TIER} AS effective_tier FROM {C}.customers c WHERE c.id = %(id)s""",
-                    {"id": customer_id, "today": today})
+    row = reads.one(_360, {"customer": customer_id, "today": today, "days": 366, "open": list(OPEN_STATUSES),
+                           "year_start": date(today.year, 1, 1), "since": today - timedelta(days=365)})
     if row is None:
         return None
-    params = {"id": customer_id, "year_start": date(today.year, 1, 1), "since": today - timedelta(days=365)}
-    money = reads.one(f"""SELECT coalesce(sum(revenue), 0) AS rl, coalesce(sum(revenue - cost), 0) AS pl,
-            coalesce(sum(revenue) FILTER (WHERE placed_at >= %(year_start)s), 0) AS ry,
-            coalesce(sum(revenue - cost) FILTER (WHERE placed_at >= %(year_start)s), 0) AS py,
-            count(DISTINCT order_id) AS orders
-        FROM {S}.order_lines WHERE customer_id = %(id)s AND NOT cancelled""", params)
-    visits = reads.one(f"""SELECT max(visited_on) AS last, count(*) FILTER (WHERE visited_on > %(since)s) AS n
-        FROM {C}.visits WHERE customer_id = %(id)s""", params)
-    assert money is not None and visits is not None
     override = Override(tier=row["override_tier"], expires_on=row["override_expires_on"]) \
         if row["effective_tier"] == row["override_tier"] and row["override_tier"] else None
+    day = row["next_day"]
     return Customer360(
         **{k: row[k] for k in ("id", "version", "name", "email", "phone", "industry", "region", "owner",
                                "birthday", "special_days", "active", "erased", "registered_at", "score")},
         tier=row["effective_tier"], computed_tier=row["tier"], override=override,
-        revenue=Money(lifetime=money["rl"], this_year=money["ry"]),
-        profit=Money(lifetime=money["pl"], this_year=money["py"]), orders=money["orders"],
-        open_complaints=customer_complaints_open(reads, customer_id), last_visit=visits["last"],
-        visits_last_365_days=visits["n"], next_special_day=_next_special_day(reads, customer_id, today))
-
-
-def customer_complaints_open(reads: ReadStore, customer_id: UUID) -> list[ComplaintBrief]:
-    rows = reads.all(f"""SELECT id, category, status, tier, sku, filed_at, due_at, assignee FROM {K}.complaints
-        WHERE customer_id = %(id)s AND status = ANY(%(open)s) ORDER BY due_at""",
-                     {"id": customer_id, "open": list(OPEN_STATUSES)})
-    return [ComplaintBrief(**r) for r in rows]
-
-
-def _next_special_day(reads: ReadStore, customer_id: UUID, today: date) -> SpecialDay | None:
-    from crm.queries.care import upcoming_days
-
-    days = upcoming_days(reads, today, 366, customer_id=customer_id)
-    return SpecialDay(label=days[0].label, date=days[0].date, days_ahead=days[0].days_ahead) if days else None
+        revenue=Money(lifetime=row["rl"], this_year=row["ry"]),
+        profit=Money(lifetime=row["pl"], this_year=row["py"]), orders=row["orders"],
+        open_complaints=[ComplaintBrief(**k) for k in row["open_complaints"]], last_visit=row["last_visit"],
+        visits_last_365_days=row["n"],
+        next_special_day=None if day is None else SpecialDay(label=day["label"], date=day["date"],
+                                                             days_ahead=day["days_ahead"]))
 
 
 class TierChange(BaseModel):

@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel
 
 from crm.api.auth import Principal
-from crm.api.deps import allowed, caller
+from crm.api.deps import caller, ensure_role
 from crm.api.reads import only
 from crm.infra import audit
 
@@ -28,7 +28,7 @@ def audited(action: str) -> Callable[..., Principal]:
     """The caller may do `action`; the read is then written to the access log."""
 
     def check(request: Request, principal: Annotated[Principal, Depends(caller)]) -> Principal:
-        allowed(action)(principal)  # looked up per request, so the permission table is read as it stands
+        ensure_role(principal, action)  # looked up per request, so the permission table is read as it stands
         audit.log_access(request.app.state.runtime.pool, actor=principal.actor, role=principal.role,
                          method=request.method, path=request.url.path, query=request.url.query)
         return principal

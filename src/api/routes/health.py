@@ -10,6 +10,13 @@ from starlette.concurrency import run_in_threadpool
 router = APIRouter(tags=["health"])
 
 
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """Liveness: the process answers HTTP (no database work; a probe, and the raw HTTP baseline of
+    `make bench`)."""
+    return {"status": "ok"}
+
+
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Ready when the event store answers: its position, each projection's position, the broker."""
