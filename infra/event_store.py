@@ -33,6 +33,9 @@ class CrmEventStore(Application[Any]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env=env)
         self.mapper.keys = KeyStore(self.recorder.datastore)  # type: ignore[attr-defined]
+        from crm.infra.group_commit import GroupCommitter  # it needs MAX_CALL_BYTES from here
+
+        self.group_commit = GroupCommitter(self)
 
     def construct_mapper(self) -> Mapper[Any]:
         """The library's mapper, sealing personal data under per-customer keys (see personal_data)."""

@@ -69,11 +69,10 @@ class EventStoreUnitOfWork:
         return aggregate
 
     def save(self, *aggregates: Any) -> int:
-        """Append the aggregates' new events in one transaction; return the last one's position."""
-        try:
-            recordings = self.store.save(*aggregates)
+        """Append the aggregates' new events in one transaction (group commit, see
+        crm.infra.group_commit); return the last one's position."""
+        try:  # in one transaction with whichever commands are saving at the same moment
+            position = self.store.group_commit.save(*aggregates)
         except IntegrityError as error:
             raise VersionConflictError("a concurrent command changed this aggregate; retry") from error
-        if recordings:
-            return recordings[-1].notification.id
-        return self.store.position()
+        return self.store.position() if position is None else position
