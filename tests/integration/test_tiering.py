@@ -194,3 +194,27 @@ def test_a_run_over_thousands_of_customers_appends_in_safe_batches(fresh_system)
     assert report.evaluated == report.changed == 2_500
     assert sum(report.transitions.values()) == 2_500 and rt.store.position() == 5_000
     assert rt.runs.get(run_id)["status"] == "succeeded"
+
+
+def test_a_customer_changed_since_the_read_model_saw_it_still_gets_its_tier(fresh_system) -> None:
+    """The COPY batch meets the concurrent change and is refused whole; the fallback appends the
+    others in recorder calls and that customer through its aggregate, after its new event."""
+    import uuid
+
+    from bench.retier import load
+    from crm.infra.tiering_runs import Outcome, append_tiers
+
+    rt, _ = fresh_system(with_runners=False)
+    load(rt.store, rt.database_url, rt.pool, 300)
+    ids = [r["id"] for r in rt.reads.all("SELECT id FROM read_customers.customers")]
+    outcomes = [Outcome(i, 1, None, "B", None, {}, "weighted score") for i in ids]  # as the read model saw them
+    customer = rt.store.repository.get(ids[7])  # a write in between
+    customer.update_profile({"region": "North"}, occurred_at=datetime.now(timezone.utc), actor="t")
+    rt.store.save(customer)
+    appended = append_tiers(rt.store, outcomes, policy_version=0, run_id=uuid.uuid4(),
+                            as_of=datetime.now(timezone.utc), batch_size=200)
+    # (the refused COPY used up log ids, as any failed insert does: count events, not positions)
+    assert appended == 300 and rt.reads.one("SELECT count(*) AS n FROM crm_events")["n"] == 601
+    after = rt.store.repository.get(ids[7])
+    assert after.version == 3 and after.tier == "B" and after.profile["region"] == "North"
+    assert all(rt.store.repository.get(i).tier == "B" for i in ids[::50])
