@@ -26,6 +26,7 @@ import time
 from typing import Any, Iterable
 from uuid import UUID
 
+import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.domain import DomainEventProtocol
@@ -68,8 +69,11 @@ class KeyStore:
         self.datastore = datastore
         self._cache: dict[UUID, tuple[bytes | None, float]] = {}
         self._lock = threading.Lock()
-        with datastore.transaction(commit=True) as curs:
-            curs.execute(KEYS_SCHEMA)
+        try:
+            with datastore.transaction(commit=True) as curs:
+                curs.execute(KEYS_SCHEMA)
+        except psycopg.errors.UniqueViolation:
+            pass  # another process created it at the same moment (IF NOT EXISTS is not atomic)
 
     def key_for(self, customer_id: UUID, *, create: bool) -> bytes | None:
         """The customer's key; None once erased. With create, a customer without a key gets one."""
