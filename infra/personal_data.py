@@ -110,9 +110,11 @@ class KeyStore:
         keys = [AESGCM.generate_key(256) for _ in customer_ids]
         with self.datastore.transaction(commit=True) as curs:
             curs.execute("INSERT INTO crm_personal_keys (customer_id, key) SELECT * FROM unnest(%s::uuid[], "
-                         "%s::bytea[]) ON CONFLICT (customer_id) DO NOTHING", (customer_ids, keys))
-        for customer_id, key in zip(customer_ids, keys):
-            self._remember(customer_id, key)
+                         "%s::bytea[]) ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id, key",
+                         (customer_ids, keys))
+            made = curs.fetchall()
+        for row in made:  # a customer that already had a key keeps it (and is read when needed)
+            self._remember(row["customer_id"], row["key"])
 
     def destroy(self, customer_id: UUID) -> None:
         """Erase the key for good, leaving a tombstone (so no new key is ever made for this customer).

@@ -188,3 +188,14 @@ def test_a_version_1_customer_notified_is_upcast_without_a_customer(fresh_system
                                    actor="x")).topic, state=json.dumps(v1).encode())
     event = rt.store.mapper.to_domain_event(stored)
     assert event.customer_id is None and event.address == "old@example.com" and event.confirmation_version == 7
+
+
+def test_bulk_key_creation_keeps_a_key_that_already_exists(fresh_system) -> None:
+    rt, admin = fresh_system(with_runners=False)
+    customer = UUID(a_customer_with_business(rt, admin)["customer"])
+    keys = rt.store.mapper.keys
+    before = keys.key_for(customer, create=False)
+    fresh = uuid.uuid4()
+    keys.create_many([customer, fresh])
+    assert keys.key_for(customer, create=False) == before and keys.key_for(fresh, create=False) is not None
+    assert rt.store.repository.get(customer).profile["name"] == PERSONAL["name"]  # still opens
