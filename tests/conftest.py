@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,6 +14,23 @@ from crm.infra.logging import configure_logging
 from crm.infra.postgres import start_embedded
 from crm.infra.runtime import Runtime, open_runtime
 from crm.infra.settings import Settings
+
+class Clock:
+    """Business time under a test's control: the API's, the saga's or the notifier's clock."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta = timedelta(), **delta: float) -> datetime:
+        self.now += by + timedelta(**delta)
+        return self.now
+
+    def set(self, *parts: int) -> None:
+        self.now = datetime(*parts, tzinfo=timezone.utc)
+
 
 KEYS = {"admin": "test-admin-key", "agent": "test-agent-key", "sales": "test-sales-key",
         "auditor": "test-auditor-key"}

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from crm.aggregates.complaint import Complaint
 from crm.api.app import create_app
 from crm.infra.runtime import Runtime
+from tests.conftest import Clock
 
 PROBLEM = "application/problem+json"
 UNRATED_SLA, TIER_A_SLA = timedelta(days=10), timedelta(days=3)
@@ -82,17 +83,6 @@ def new_customer(admin: TestClient, name: str = "Initech") -> dict:
     return response.json()
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, by: timedelta) -> None:
-        self.now += by
 
 
 @pytest.fixture

@@ -18,23 +18,11 @@ from crm.api.routes import audit as audit_routes
 from crm.infra import audit
 from crm.infra.audit_chain import HashChainer
 from crm.infra.runtime import Runtime
-from tests.conftest import KEYS
+from tests.conftest import KEYS, Clock
 
 UTC = timezone.utc
 
 
-class Clock:
-    """Business time under the test's control."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
 
 
 @dataclass

@@ -15,21 +15,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from crm.infra.notifications import Notifier, NotifierThread
+from tests.conftest import Clock
 
 ESCALATION = "sla-alerts@crm.example"
 
 
-class Clock:
-    """The notifier's clock, moved by hand so backoff is tested without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -220,10 +210,10 @@ def test_while_smtp_is_down_nothing_is_recorded_and_delivery_is_retried_with_bac
         assert row["next_attempt_at"] == clock.now + timedelta(seconds=10)
         assert "cannot reach" in row["last_error"]
 
-        clock.advance(5)  # not yet due: no attempt
+        clock.advance(seconds=5)  # not yet due: no attempt
         drain(notifier)
         assert outbox_row(rt, key)["attempts"] == 1
-        clock.advance(5)  # due: tried again, then waits twice as long
+        clock.advance(seconds=5)  # due: tried again, then waits twice as long
         drain(notifier)
         row = outbox_row(rt, key)
         assert (row["status"], row["attempts"]) == ("pending", 2)
@@ -231,7 +221,7 @@ def test_while_smtp_is_down_nothing_is_recorded_and_delivery_is_retried_with_bac
         assert events_named(rt, complaint_id, "CustomerNotified") == []
 
         smtp_down.start()
-        clock.advance(20)
+        clock.advance(seconds=20)
         drain(notifier)
     finally:
         notifier.close()
@@ -252,7 +242,7 @@ def test_an_email_whose_acceptance_went_unheard_is_never_sent_again(fresh_system
         assert outbox_row(rt, key)["status"] == "sending"
         assert outbox_row(rt, key)["last_error"].startswith("outcome unknown")
         smtp_server.mailbox.drop_answer = False
-        clock.advance(3600)
+        clock.advance(seconds=3600)
         drain(notifier)
         drain(notifier_for(rt, smtp_server.url, clock))  # a restart does not resend it either
         assert len(smtp_server.messages) == 1  # the server did take it, once
@@ -278,7 +268,7 @@ def test_an_email_left_sending_by_a_crash_waits_for_an_operator(fresh_system, sm
     assert crashed.outbox.claim(clock.now).message_key == key  # claimed, then the process died
     crashed.close()
 
-    clock.advance(600)
+    clock.advance(seconds=600)
     notifier = notifier_for(rt, smtp_server.url, clock)
     try:
         drain(notifier)

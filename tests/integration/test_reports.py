@@ -18,6 +18,7 @@ import pytest
 from crm.aggregates.complaint import Complaint
 from crm.aggregates.customer import Customer
 from crm.infra.unit_of_work import EventStoreUnitOfWork
+from tests.conftest import Clock
 
 PROBLEM = "application/problem+json"
 
@@ -30,17 +31,6 @@ def iso(*parts: int) -> str:
     return utc(*parts).isoformat()
 
 
-class Clock:
-    """The API's clock: "today" for the reports and the business time of undated steps."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, *parts: int) -> None:
-        self.now = utc(*parts)
 
 
 class Crm:

@@ -16,19 +16,11 @@ import pytest
 
 from crm.aggregates.complaint import Complaint
 from crm.infra.sla_saga import SlaSaga
+from tests.conftest import Clock
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def events_of(rt, complaint_id: str) -> list[str]:  # type: ignore[no-untyped-def]
