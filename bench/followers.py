@@ -115,12 +115,12 @@ def _write_customers(url: str, n: int, rate: float, seconds: float) -> int:
     from crm.infra.event_store import open_event_store
 
     store = open_event_store(url)
-    uow, ctx, interval = EventStoreUnitOfWork(store, "EUR"), Context(actor="bench"), 1 / rate
+    ctx, interval = Context(actor="bench"), 1 / rate
     count, started = 0, time.perf_counter()
     next_at = started
     while time.perf_counter() < started + seconds:  # behind schedule: as fast as it can
-        dispatch(RegisterCustomer(name=f"Lag {n}-{count}", region="North"), uow, ctx)
-        uow._now, count = None, count + 1
+        dispatch(RegisterCustomer(name=f"Lag {n}-{count}", region="North"), EventStoreUnitOfWork(store, "EUR"), ctx)
+        count += 1
         next_at += interval
         time.sleep(max(0.0, next_at - time.perf_counter()))
     store.close()

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Iterator, Literal
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -81,7 +82,8 @@ def _line(store: CrmEventStore, position: int, aggregate_id: str, version: int, 
     aggregate_type, event_type, class_version = _names(topic)
     pieces = cut(state, class_version)  # sealed personal data or an old class version: the mapper
     if pieces is None:
-        entry = _entry(store, position, UUID(aggregate_id), version, topic, chain_hash)
+        stored = StoredEvent(originator_id=UUID(aggregate_id), originator_version=version, topic=topic, state=state)
+        entry = _entry(store, position, stored, chain_hash)
         return json.dumps(entry, separators=(",", ":")).encode()
     recorded_at, occurred_at, data = pieces
     return (b'{"position":%d,"aggregate_type":"%s","aggregate_id":"%s","version":%d,"type":"%s",'
@@ -90,14 +92,13 @@ def _line(store: CrmEventStore, position: int, aggregate_id: str, version: int, 
                data, b'"%s"' % chain_hash.hex().encode() if chain_hash else b"null"))
 
 
-def _entry(store: CrmEventStore, position: int, aggregate_id: UUID, version: int, topic: str,
-           chain_hash: bytes | None) -> dict[str, Any]:
-    """The general path: the library's mapper decodes (and upcasts) the stored event."""
-    (stored,) = store.recorder.select_events(aggregate_id, gt=version - 1, lte=version)
+def _entry(store: CrmEventStore, position: int, stored: StoredEvent, chain_hash: bytes | None) -> dict[str, Any]:
+    """The general path: the library's mapper decodes (and upcasts, and opens) the stored event."""
     body = plain_json(vars(store.mapper.to_domain_event(stored)))
-    aggregate_type, event_type, _ = _names(topic)
-    return {"position": position, "aggregate_type": aggregate_type.decode(), "aggregate_id": str(aggregate_id),
-            "version": version, "type": event_type.decode(), "occurred_at": body.get("occurred_at"),
+    aggregate_type, event_type, _ = _names(stored.topic)
+    return {"position": position, "aggregate_type": aggregate_type.decode(),
+            "aggregate_id": str(stored.originator_id), "version": stored.originator_version,
+            "type": event_type.decode(), "occurred_at": body.get("occurred_at"),
             "recorded_at": body.get("timestamp"),
             "data": {k: v for k, v in body.items() if k not in HIDDEN and not k.startswith("originator_")},
             "hash": chain_hash.hex() if chain_hash else None}

@@ -6,7 +6,8 @@ from datetime import date
 from typing import Any, Iterator, Mapping
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
+from psycopg import errors, sql
 
 from crm.infra.personal_data import KeyStore, PersonalDataMapper
 from crm.infra.postgres import eventsourcing_env
@@ -90,9 +91,6 @@ def copy_events(store: CrmEventStore, stored: list[Any]) -> None:
     library's IntegrityError and nothing of the batch is stored. COPY has none of the pipelined
     inserts' size limit (see MAX_CALL_BYTES), but holds the lock for the whole batch: keep
     batches to a fraction of a second."""
-    from eventsourcing.persistence import IntegrityError
-    from psycopg import errors, sql
-
     recorder: Any = store.recorder
     table = sql.Identifier(recorder.datastore.schema or "public", recorder.events_table_name)
     try:

@@ -77,9 +77,8 @@ class KeyStore:
 
     def key_for(self, customer_id: UUID, *, create: bool) -> bytes | None:
         """The customer's key; None once erased. With create, a customer without a key gets one."""
-        cached = self._cache.get(customer_id)
-        if cached is not None and (cached[0] is None or time.monotonic() - cached[1] < KEY_TTL):
-            return cached[0]
+        if self._fresh(customer_id, time.monotonic()):
+            return self._cache[customer_id][0]
         with self.datastore.transaction(commit=create) as curs:
             if create:
                 # No flush of its own: the event sealed with this key commits later, and flushing
@@ -96,7 +95,7 @@ class KeyStore:
     def prefetch(self, customer_ids: Iterable[UUID]) -> None:
         """Load many customers' keys in one query (for batch readers: rebuilds, the relay, audit)."""
         now = time.monotonic()
-        wanted = list({c for c in customer_ids if (self._cache.get(c) or (b"", -KEY_TTL))[1] + KEY_TTL <= now})
+        wanted = list({c for c in customer_ids if not self._fresh(c, now)})
         if not wanted:
             return
         with self.datastore.transaction(commit=False) as curs:
@@ -124,6 +123,11 @@ class KeyStore:
                          "ON CONFLICT (customer_id) DO UPDATE SET key = NULL, "
                          "erased_at = coalesce(crm_personal_keys.erased_at, now())", (customer_id,))
         self.forget(customer_id, erased=True)
+
+    def _fresh(self, customer_id: UUID, now: float) -> bool:
+        """Cached and usable: an erasure for good, a key for KEY_TTL seconds."""
+        cached = self._cache.get(customer_id)
+        return cached is not None and (cached[0] is None or now - cached[1] < KEY_TTL)
 
     def forget(self, customer_id: UUID, *, erased: bool) -> None:
         with self._lock:

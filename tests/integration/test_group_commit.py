@@ -25,11 +25,10 @@ def test_concurrent_commands_are_batched_and_each_gets_the_position_of_its_own_e
     errors: list[BaseException] = []
 
     def register(n: int) -> None:
-        uow, ctx = EventStoreUnitOfWork(rt.store, "EUR"), Context(actor="test")
+        ctx = Context(actor="test")
         try:
-            for i in range(20):
-                written = dispatch(RegisterCustomer(name=f"C{n}-{i}"), uow, ctx)
-                uow._now = None
+            for i in range(20):  # a unit of work per command, as the API makes one per request
+                written = dispatch(RegisterCustomer(name=f"C{n}-{i}"), EventStoreUnitOfWork(rt.store, "EUR"), ctx)
                 results.append((written.position, written.id))
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
