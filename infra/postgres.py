@@ -42,7 +42,9 @@ def eventsourcing_env(url: str) -> dict[str, str]:
         "POSTGRES_PASSWORD": unquote(parts.password or ""),
         "POSTGRES_POOL_SIZE": "2",   # opened eagerly; more on demand up to 2 + 10
         "POSTGRES_MAX_OVERFLOW": "10",
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # The library's pool waits this long for a free connection, and its recorder retries a
+        # failed call 10 times: 1 s keeps a call that meets a database outage to ~12 s, not ~50 s.
+        "POSTGRES_CONNECT_TIMEOUT": "1",
         "POSTGRES_LOCK_TIMEOUT": "5",
     }
 

@@ -10,6 +10,8 @@ tracking table, drops the live schema and renames the new one, so the API keeps 
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Iterable, Sequence
 
 import structlog
@@ -113,18 +115,84 @@ def open_view(database_url: str, projection: type[ReadModelProjection], schema: 
     return InfrastructureFactory.construct(env=env).tracking_recorder(view_class(projection))
 
 
-def start_runners(database_url: str, names: Iterable[str] | None = None) -> dict[str, ProjectionRunner]:
-    """Start the library's ProjectionRunner for each projection (each follows the log in a thread)."""
-    runners = {}
-    for name in names or PROJECTIONS:
-        projection = PROJECTIONS[name]
-        runner = ProjectionRunner(application_class=CrmEventStore, projection_class=projection,
-                                  view_class=view_class(projection),
-                                  env=view_env(database_url, name, projection.schema))
-        runners[name] = runner.__enter__()  # the runner is a context manager; stop_runners exits it
-    return runners
+class Runners(dict[str, ProjectionRunner]):
+    """name -> the library's ProjectionRunner for that projection, supervised: a runner stops on
+    its first error (a database restart, say), so a watcher thread replaces one that stopped with
+    a new runner, which resumes from the tracked position; it retries with backoff (0.5 s doubling
+    to 2 s) while the database stays away and logs the outage once when it starts and once when
+    it ends. Without it the read models would freeze until someone restarted crm."""
+
+    def __init__(self, database_url: str, names: Iterable[str]) -> None:
+        super().__init__({name: _start_runner(database_url, name) for name in names})
+        self.database_url, self.stopping = database_url, threading.Event()
+        self.errors: list[str] = []  # every error a runner stopped on, in order (tests assert none)
+        self.watcher = threading.Thread(target=self._watch, name="projection-supervisor", daemon=True)
+        self.watcher.start()
+
+    def _watch(self) -> None:
+        down: dict[str, float] = {}  # name -> when its outage began
+        backoff: dict[str, float] = {}
+        retry_at: dict[str, float] = {}
+        while not self.stopping.wait(0.2):
+            for name, runner in list(self.items()):
+                if not runner.is_interrupted.is_set() or self.stopping.is_set():
+                    continue
+                if name not in down:
+                    down[name], backoff[name], retry_at[name] = time.monotonic(), 0.5, 0.0
+                    error = _error_of(runner)
+                    self.errors.append(f"{name}: {error}")
+                    log.warning("projection.stopped", projection=name, error=error)
+                if time.monotonic() < retry_at[name]:
+                    continue
+                try:
+                    replacement = _start_runner(self.database_url, name)
+                except Exception:  # still away: try again later
+                    retry_at[name] = time.monotonic() + backoff[name]
+                    backoff[name] = min(backoff[name] * 2, 2.0)
+                    continue
+                _exit_quietly(runner)
+                self[name] = replacement
+                log.info("projection.resumed", projection=name, outage_s=round(time.monotonic() - down.pop(name), 1))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.watcher.join(timeout=10)
+        for runner in self.values():
+            _exit_quietly(runner)
+
+
+def _start_runner(database_url: str, name: str) -> ProjectionRunner:
+    projection = PROJECTIONS[name]
+    runner = ProjectionRunner(application_class=CrmEventStore, projection_class=projection,
+                              view_class=view_class(projection),
+                              env=view_env(database_url, name, projection.schema))
+    return runner.__enter__()  # the runner is a context manager; its __exit__ stops it
+
+
+def _error_of(runner: ProjectionRunner) -> str | None:
+    try:
+        runner.run_forever(timeout=0)  # the library's way to surface the runner thread's error
+    except Exception as error:
+        return repr(error)[:300]
+    return None
+
+
+def _exit_quietly(runner: ProjectionRunner) -> None:
+    try:
+        runner.__exit__(None, None, None)
+    except Exception:  # the error it stopped on was logged when the supervisor saw it
+        pass
+
+
+def start_runners(database_url: str, names: Iterable[str] | None = None) -> Runners:
+    """Start the library's ProjectionRunner for each projection (each follows the log in a thread),
+    supervised (see Runners)."""
+    return Runners(database_url, names or PROJECTIONS)
 
 
 def stop_runners(runners: dict[str, ProjectionRunner]) -> None:
-    for runner in runners.values():
-        runner.__exit__(None, None, None)
+    if isinstance(runners, Runners):
+        runners.stop()
+    else:
+        for runner in runners.values():
+            runner.__exit__(None, None, None)

@@ -6,6 +6,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from psycopg import sql
+from psycopg.errors import UndefinedTable
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -44,7 +45,7 @@ class PgReadStore:
         try:
             with self.pool.connection() as conn:
                 rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
-        except Exception:  # a schema not created yet (projections never started)
+        except UndefinedTable:  # a schema not created yet (projections never started)
             return {name: 0 for name in PROJECTIONS}
         return {name: position or 0 for name, position in rows}
 
@@ -54,7 +55,7 @@ class PgReadStore:
             with self.pool.connection() as conn:
                 row = conn.execute("SELECT notification_id FROM relay_tracking WHERE application_name = %s",
                                    (CrmEventStore.name,)).fetchone()
-        except Exception:  # no relay_tracking table: no relay has run here
+        except UndefinedTable:  # no relay_tracking table: no relay has run here
             return None
         return row[0] if row else 0
 
@@ -64,7 +65,7 @@ class PgReadStore:
             with self.pool.connection() as conn:
                 row = conn.execute("SELECT (SELECT notification_id FROM saga_tracking WHERE application_name = %s), "
                                    "(SELECT count(*) FROM crm_sla_deadlines)", (CrmEventStore.name,)).fetchone()
-        except Exception:  # no saga tables: no saga has run on this database
+        except UndefinedTable:  # no saga tables: no saga has run on this database
             return None
         return {"position": row[0] or 0, "pending_deadlines": row[1]}
 

@@ -50,7 +50,7 @@ def open_runtime(settings: Settings, *, generate_key: bool = True) -> Runtime:
     url = resolve_database_url(settings)
     store = open_event_store(url)
     # Every session in UTC, so dates and years of timestamps mean UTC days in every query.
-    pool = ConnectionPool(url, min_size=1, max_size=10, open=True, timeout=5, name="crm",
+    pool = ConnectionPool(url, min_size=1, max_size=10, open=True, timeout=2, name="crm",
                           kwargs={"options": "-c TimeZone=UTC"})
     idempotency = IdempotencyStore(pool)
     idempotency.create_schema()

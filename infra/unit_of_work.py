@@ -10,7 +10,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from crm.aggregates.sla import DEFAULT_SLA_POLICY, SlaPolicy
-from crm.commands.base import NotFoundError, VersionConflictError
+from crm.commands.base import NotFoundError, VersionConflictError, check_version
 from crm.infra.event_store import CrmEventStore
 
 A = TypeVar("A")
@@ -62,10 +62,7 @@ class EventStoreUnitOfWork:
         aggregate = self.find(kind, aggregate_id)
         if aggregate is None:
             raise NotFoundError(f"no {kind.__name__.lower()} with id {aggregate_id}")
-        version = aggregate.version  # type: ignore[attr-defined]
-        if expected_version is not None and expected_version != version:
-            raise VersionConflictError(
-                f"{kind.__name__.lower()} is at version {version}, not {expected_version}")
+        check_version(aggregate, expected_version)
         return aggregate
 
     def save(self, *aggregates: Any) -> int:

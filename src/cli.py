@@ -164,7 +164,7 @@ def projections(ctx: click.Context) -> None:
     runners = start_runners(resolve_database_url(Settings()))
     log.info("projections.running", names=sorted(runners))
     try:
-        while all(not r.is_interrupted.wait(1.0) for r in runners.values()):
+        while not runners.stopping.wait(1.0):  # a runner that stops on an error is restarted
             pass
     except KeyboardInterrupt:
         pass

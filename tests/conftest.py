@@ -62,6 +62,7 @@ def projection_runners(runtime: Runtime) -> Iterator[dict]:
     runners = start_runners(runtime.database_url)
     yield runners
     stop_runners(runners)
+    assert runners.errors == [], runners.errors  # the supervisor restarted a failing projection
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +170,7 @@ def fresh_system(database_url: str, tmp_path):  # type: ignore[no-untyped-def]
     for rt, runners in opened:
         stop_runners(runners)
         rt.close()
+        assert getattr(runners, "errors", []) == [], runners.errors
 
 
 def _with_database(url: str, name: str) -> str:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from crm.api import problems
 from crm.api.auth import KeyRing
-from crm.api.middleware import BodyLimitAndIdempotency, RequestContext
+from crm.api.middleware import Authenticate, BodyLimitAndIdempotency, DatabaseGate, FailFastWhileDown, RequestContext
 from crm.api.routes import audit, complaints, customers, health, orders, products, queries, reports, sla, tiering
 from crm.infra.runtime import Runtime
 from crm.queries.base import CursorCodec
@@ -33,9 +33,35 @@ def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay:
     problems.install(app)
     for module in (health, customers, products, orders, complaints, queries, reports, tiering, sla, audit):
         app.include_router(module.router)
+    problems.document(app)
     app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
+    app.add_middleware(Authenticate, keyring=app.state.keyring)
+    app.state.database_gate = DatabaseGate(probe=lambda: _probe(runtime.database_url),
+                                           on_change=_pool_waits(runtime))
+    app.add_middleware(FailFastWhileDown, gate=app.state.database_gate)
     app.add_middleware(RequestContext)  # outermost: every line of a request carries its id
     return app
+
+
+def _probe(database_url: str) -> None:
+    """Raises unless a fresh connection to PostgreSQL opens and answers (the gate's probe)."""
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=2, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+
+
+def _pool_waits(runtime: Runtime) -> Callable[[bool], None]:
+    """While the database is away, a wait for a pooled connection gives up after 0.2 s (requests
+    already in flight then answer 503 soon, not after the library's ten retries); restored after."""
+    pools = [runtime.pool, runtime.store.recorder.datastore.pool]
+    normal = [pool.timeout for pool in pools]
+
+    def change(down: bool) -> None:
+        for pool, timeout in zip(pools, normal):
+            pool.timeout = 0.2 if down else timeout
+
+    return change
 
 
 def app_from_environment() -> FastAPI:

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids and access logs, the body size limit, idempotency keys."""
+"""ASGI middleware: request ids and access logs, failing fast while the database is away, the
+caller's key, the body size limit, idempotency keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 from starlette.concurrency import run_in_threadpool
 
-from crm.api.auth import digest
+from crm.api.auth import KeyRing, digest
 from crm.api.problems import MEDIA_TYPE, problem_bytes
 from crm.infra.idempotency import ClaimState, IdempotencyStore
 
@@ -29,10 +30,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_problem(send: Send, status: int, detail: str, slug: str) -> None:
+async def _send_problem(send: Send, status: int, detail: str, slug: str,
+                        headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
     body = problem_bytes(status, detail, slug)
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -147,3 +150,83 @@ def _replayer(body: bytes, downstream: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
+
+
+class DatabaseGate:
+    """What the API knows about PostgreSQL's reachability: a circuit breaker.
+
+    A request that meets a connection error trips it (`trip()`); while tripped, requests are
+    answered 503 with Retry-After at once instead of each waiting for the pool's timeout, and at
+    most one probe (a fresh connection) every PROBE_EVERY seconds checks whether the server is
+    back; the first successful probe closes the gate again. on_change(down) lets the app shorten
+    its pools' waits while the server is away, so requests already inside give up quickly too. Nothing is queued or retried on the
+    client's behalf: a 503 means the command was not recorded.
+    """
+
+    PROBE_EVERY = 0.5
+    RETRY_AFTER = "2"
+
+    def __init__(self, probe: Callable[[], None], on_change: Callable[[bool], None] = lambda down: None) -> None:
+        self.probe, self.on_change = probe, on_change
+        self.down_since: float | None = None
+        self.next_probe = 0.0
+
+    @property
+    def is_down(self) -> bool:
+        return self.down_since is not None
+
+    def trip(self) -> None:
+        if self.down_since is None:
+            self.down_since, self.next_probe = time.monotonic(), time.monotonic() + self.PROBE_EVERY
+            log.warning("database.down")
+            self.on_change(True)
+
+    async def passable(self) -> bool:
+        if self.down_since is None:
+            return True
+        now = time.monotonic()
+        if now < self.next_probe:
+            return False
+        self.next_probe = now + self.PROBE_EVERY  # one probe at a time; the others answer at once
+        try:
+            await run_in_threadpool(self.probe)
+        except Exception:  # still away
+            return False
+        log.info("database.back", outage_s=round(now - self.down_since, 1))
+        self.down_since = None
+        self.on_change(False)
+        return True
+
+
+class FailFastWhileDown:
+    """Answers 503 + Retry-After at once while the DatabaseGate is tripped (liveness still answers)."""
+
+    def __init__(self, app: Any, gate: DatabaseGate) -> None:
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health/live" and not await self.gate.passable():
+            return await _send_problem(send, 503, "the event store is unavailable; retry shortly", "unavailable",
+                                       [(b"retry-after", DatabaseGate.RETRY_AFTER.encode())])
+        await self.app(scope, receive, send)
+
+
+class Authenticate:
+    """Every /v1 request must carry a known key (`Authorization: Bearer <key>`), checked before
+    anything else looks at the request: no body parsing, no parameter validation and no stored
+    idempotent answer reaches a caller without one (401). The Principal is left in the request
+    state for the routes, which decide what the role may do (403)."""
+
+    def __init__(self, app: Any, keyring: KeyRing) -> None:
+        self.app, self.keyring = app, keyring
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            scheme, _, key = (_header(scope, b"authorization") or "").partition(" ")
+            key = key.strip()
+            principal = self.keyring.authenticate(key) if scheme.lower() == "bearer" and key else None
+            if principal is None:
+                return await _send_problem(send, 401, "a valid API key is required (Authorization: Bearer <key>)",
+                                           "unauthorized", [(b"www-authenticate", b"Bearer")])
+            scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)

@@ -82,8 +82,11 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database.unavailable", error=type(exc).__name__)
+        gate = getattr(request.app.state, "database_gate", None)
+        if gate is not None:
+            gate.trip()  # the next requests fail fast until a probe finds the server back
         return problem(503, "the event store is unavailable; retry shortly", slug="unavailable",
                        headers={"Retry-After": "2"})
 
@@ -94,3 +97,58 @@ def install(app: FastAPI) -> None:
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed")
         return problem(500, "an internal error occurred; it was logged", slug="internal")
+
+
+PROBLEM_SCHEMA = {
+    "type": "object", "title": "Problem", "required": ["type", "title", "status", "detail"],
+    "description": "RFC 9457 problem details; `errors` lists the invalid fields of a 422.",
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "loc": {"type": "array", "items": {"type": "string"}}, "msg": {"type": "string"},
+            "type": {"type": "string"}}}},
+    },
+}
+_WRITES = {"post", "put", "patch", "delete"}
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI spec say what the API really answers: every error a route can give is a
+    documented application/problem+json response, and the /v1 routes need a bearer key.
+
+    FastAPI documents only the success and a JSON 422; clients (and the schemathesis run in the
+    tests) would otherwise meet 401, 403, 404, 409, 413 and 503 answers the spec never mentions.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = spec.setdefault("components", {})
+        components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components["schemas"].pop(unused, None)
+        components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
+                                                    "description": "an API key from CRM_API_KEYS"}}
+        for path, operations in spec.get("paths", {}).items():
+            for method, operation in operations.items():
+                statuses = {422, 503}
+                if path.startswith("/v1/"):
+                    statuses |= {401, 403}
+                    operation["security"] = [{"apiKey": []}]
+                if "{" in path:
+                    statuses.add(404)
+                if method in _WRITES:
+                    statuses |= {400, 409, 413}
+                responses = operation.setdefault("responses", {})
+                statuses |= {int(code) for code in responses if code.isdigit() and int(code) >= 400}
+                for status in sorted(statuses):
+                    responses[str(status)] = {
+                        "description": TITLES[status],
+                        "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

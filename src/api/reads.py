@@ -17,11 +17,18 @@ WAIT_SECONDS = 5.0
 
 async def read_your_writes(request: Request,
                            min_position: Annotated[int | None, Header(alias="X-Min-Position", ge=0)] = None) -> None:
-    """With `X-Min-Position: N`, wait (at most 5 s) until every read model has processed position N."""
+    """With `X-Min-Position: N`, wait (at most 5 s) until every read model has processed position N;
+    a position beyond the last recorded event is a 422 at once."""
     if min_position is None:
         return
-    reads = request.app.state.runtime.reads
-    if not await run_in_threadpool(reads.wait_for, min_position, WAIT_SECONDS):
+    runtime = request.app.state.runtime
+    if await run_in_threadpool(runtime.reads.wait_for, min_position, 0):
+        return
+    # A position no write has reached yet is the caller's mistake, not a wait: answer at once.
+    last = await run_in_threadpool(runtime.store.recorder.max_notification_id) or 0
+    if min_position > last:
+        raise HTTPException(422, f"X-Min-Position {min_position} is beyond the last recorded event ({last})")
+    if not await run_in_threadpool(runtime.reads.wait_for, min_position, WAIT_SECONDS):
         raise HTTPException(503, f"the read models have not reached position {min_position} yet",
                             headers={"Retry-After": "1"})
 

@@ -38,6 +38,13 @@ class VersionConflictError(Exception):
     """The aggregate changed since the client read it, or someone wrote it concurrently."""
 
 
+def check_version(aggregate: Any, expected_version: int | None) -> None:
+    """409 (VersionConflictError) unless the aggregate is at the version the client last saw."""
+    if expected_version is not None and expected_version != aggregate.version:
+        raise VersionConflictError(
+            f"{type(aggregate).__name__.lower()} is at version {aggregate.version}, not {expected_version}")
+
+
 @dataclass(frozen=True)
 class Context:
     """Who asks, and which version of the target they last saw (If-Match)."""

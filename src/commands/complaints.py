@@ -12,7 +12,7 @@ from crm.aggregates.customer import Customer
 from crm.aggregates.order import Order
 from crm.aggregates.product import Product, product_id
 from crm.commands.base import (Command, Context, UnitOfWork, UnknownReferenceError, Written,
-                               business_time, written)
+                               business_time, check_version, written)
 from crm.commands.products import Sku
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
@@ -118,7 +118,8 @@ def _check_references(cmd: FileComplaint, uow: UnitOfWork) -> None:
 def take_complaint_step(cmd: ComplaintStep, uow: UnitOfWork, ctx: Context) -> Written:
     model, apply = STEPS[cmd.step]
     details = model.model_validate(cmd.details).model_dump()
-    complaint = uow.get(Complaint, cmd.complaint_id, ctx.expected_version)
-    ctx.ensure_scope(complaint.customer_id)
+    complaint = uow.get(Complaint, cmd.complaint_id)
+    ctx.ensure_scope(complaint.customer_id)  # before the version: a stranger learns nothing of it
+    check_version(complaint, ctx.expected_version)
     apply(complaint, **details, occurred_at=uow.now(), actor=ctx.actor)
     return written(complaint, uow.save(complaint), status=complaint.status)

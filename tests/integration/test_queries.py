@@ -191,12 +191,20 @@ def test_a_read_waits_for_its_own_write(admin) -> None:
     assert found.status_code == 200 and found.json()["name"] == "Read My Write"
 
 
-def test_a_position_not_reached_in_time_is_503_with_retry_after(admin, anonymous) -> None:
-    head = anonymous.get("/health").json()["position"]
-    response = admin.get("/v1/customers?limit=1", headers={"X-Min-Position": str(head + 1_000_000)})
+def test_a_position_not_processed_in_time_is_503_with_retry_after(fresh_system) -> None:
+    rt, admin = fresh_system(with_runners=False)  # nothing follows the log: the write stays unprocessed
+    made = admin.post("/v1/customers", json={"name": "Never Projected"})
+    response = admin.get("/v1/customers?limit=1", headers=after(made))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.headers["content-type"] == PROBLEM
+
+
+def test_a_position_beyond_the_last_event_is_refused_at_once(admin, anonymous) -> None:
+    head = anonymous.get("/health").json()["position"]
+    response = admin.get("/v1/customers?limit=1", headers={"X-Min-Position": str(head + 1_000_000)})
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+    assert "beyond the last recorded event" in response.json()["detail"]
 
 
 def test_health_shows_each_projection_position(admin, anonymous) -> None:

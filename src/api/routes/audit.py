@@ -159,7 +159,8 @@ def verify_chain(request: Request, who: AuditReader) -> VerifyResult:
     return VerifyResult(**audit.verify(runtime.store, runtime.pool).as_dict())
 
 
-@router.get("/checkpoints/latest", dependencies=[Depends(only())])
+@router.get("/checkpoints/latest", dependencies=[Depends(only())],
+            responses={404: {"description": "no checkpoint has been taken yet"}})
 def latest_checkpoint(request: Request, who: AuditReader) -> dict[str, Any]:
     """The newest chain checkpoint (position and hash): keep it off this system, verify from it later."""
     document = audit.export_checkpoint(request.app.state.runtime.pool)
