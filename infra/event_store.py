@@ -97,8 +97,11 @@ def copy_events(store: CrmEventStore, stored: list[Any]) -> None:
         with recorder.datastore.transaction(commit=True) as curs:
             for statement in recorder.lock_table_statements:
                 curs.execute(statement)
-            with curs.copy(sql.SQL("COPY {} (originator_id, originator_version, topic, state) FROM STDIN")
-                           .format(table)) as copy:
+            # Binary COPY: the state goes over as raw bytes, not escaped bytea text (half the volume,
+            # and no per-byte escaping in Python).
+            with curs.copy(sql.SQL("COPY {} (originator_id, originator_version, topic, state) FROM STDIN "
+                                   "(FORMAT BINARY)").format(table)) as copy:
+                copy.set_types([recorder.datastore.originator_id_type, "int8", "text", "bytea"])
                 for event in stored:
                     copy.write_row((event.originator_id, event.originator_version, event.topic, event.state))
             curs.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(recorder.channel_name)))

@@ -218,3 +218,41 @@ def test_a_customer_changed_since_the_read_model_saw_it_still_gets_its_tier(fres
     after = rt.store.repository.get(ids[7])
     assert after.version == 3 and after.tier == "B" and after.profile["region"] == "North"
     assert all(rt.store.repository.get(i).tier == "B" for i in ids[::50])
+
+
+def test_the_bulk_encoding_stores_exactly_the_mappers_bytes(runtime) -> None:
+    from decimal import Decimal
+    from uuid import uuid4
+
+    from crm.infra import tiering_runs
+
+    as_of, now, run_id = datetime(2026, 6, 1, tzinfo=timezone.utc), datetime.now(timezone.utc), uuid4()
+    batch = [tiering_runs.Outcome(uuid4(), 3, "B", "A", Decimal("81.25"),
+                                  {"order_volume": {"raw": "1200.50", "percentile": 93.75},
+                                   "collection_days": {"raw": 12.5, "percentile": 80.0},
+                                   "profit_margin": {"raw": "0.31", "percentile": 70.0}}, "weighted score"),
+             tiering_runs.Outcome(uuid4(), 1, None, "D", None, {}, "no orders in window")]
+    mapped = [runtime.store.mapper.to_stored_event(tiering_runs._event(o, 4, run_id, as_of, now)) for o in batch]
+    assert tiering_runs._stored_events(runtime.store, batch, 4, run_id, as_of, now) == mapped
+    decoded = runtime.store.mapper.to_domain_event(mapped[0])
+    assert decoded.score == Decimal("81.25") and decoded.tier == "A" and decoded.run_id == str(run_id)
+
+
+def test_the_bulk_encoding_falls_back_to_the_mapper_when_they_differ(runtime, monkeypatch) -> None:
+    from decimal import Decimal
+    from uuid import uuid4
+
+    from crm.infra import tiering_runs
+
+    as_of, now, run_id = datetime(2026, 6, 1, tzinfo=timezone.utc), datetime.now(timezone.utc), uuid4()
+    batch = [tiering_runs.Outcome(uuid4(), 1, None, "C", Decimal("50"), {}, "weighted score") for _ in range(3)]
+    monkeypatch.setattr(tiering_runs, "ACTOR", "someone-else")  # the fast path's fixed part now disagrees
+    original = tiering_runs._event
+    monkeypatch.setattr(tiering_runs, "_event", lambda o, *a: _with_actor(original(o, *a), "tiering-run"))
+    stored = tiering_runs._stored_events(runtime.store, batch, 1, run_id, as_of, now)
+    assert all(b'"actor":"tiering-run"' in s.state for s in stored)
+
+
+def _with_actor(event, actor: str):  # type: ignore[no-untyped-def]
+    object.__setattr__(event, "actor", actor)
+    return event
