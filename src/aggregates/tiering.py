@@ -33,8 +33,7 @@ how many visits a year each tier gets; every change to it is a new version.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Hashable, Mapping, TypeVar
@@ -138,16 +137,22 @@ def percentile_ranks(values: Mapping[K, float | Decimal | None], *,
     W counts values strictly worse, E equal values (itself included). A single value
     ranks 100. None ranks 0 and counts as worse than every value.
     """
-    present = sorted(v for v in values.values() if v is not None)
-    missing, n = len(values) - len(present), len(values)
-    ranks: dict[K, float] = {}
-    for key, value in values.items():
-        if value is None:
-            ranks[key] = 0.0
-            continue
-        below, up_to = bisect_left(present, value), bisect_right(present, value)
-        worse = missing + (len(present) - up_to if lower_is_better else below)
-        ranks[key] = 100.0 if n == 1 else 100 * (worse + 0.5 * (up_to - below - 1)) / (n - 1)
+    keys = [key for key, v in values.items() if v is not None]
+    keys.sort(key=values.__getitem__)  # type: ignore[arg-type]  # one sort; then each run of equal values
+    n = len(values)
+    missing, count = n - len(keys), len(keys)
+    ranks: dict[K, float] = dict.fromkeys((key for key, v in values.items() if v is None), 0.0)
+    start = 0
+    while start < count:
+        value, end = values[keys[start]], start + 1
+        while end < count and values[keys[end]] == value:
+            end += 1
+        # values[keys[start:end]] are equal: `start` values below them, `end` up to them
+        worse = missing + (count - end if lower_is_better else start)
+        rank = 100.0 if n == 1 else 100 * (worse + 0.5 * (end - start - 1)) / (n - 1)
+        for key in keys[start:end]:
+            ranks[key] = rank
+        start = end
     return ranks
 
 
@@ -184,7 +189,9 @@ class Indicators:
             raise InvalidValueError("indicators must be finite numbers (order_volume required)")
 
     def as_dict(self) -> dict[str, Decimal | float | None]:
-        return asdict(self)
+        # not dataclasses.asdict: its deep copy was a third of grading a million customers
+        return {"order_volume": self.order_volume, "collection_days": self.collection_days,
+                "profit_margin": self.profit_margin}
 
 
 @dataclass(frozen=True)
