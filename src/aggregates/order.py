@@ -69,10 +69,11 @@ class Order(Aggregate):
               warned_complaint_ids: Sequence[UUID] = (), actor: str) -> Order:
         if not customer.active:
             raise CustomerInactiveError("a deactivated customer cannot place orders")
-        if not (len(currency) == 3 and currency.isalpha() and currency.isupper()):
+        if not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
             raise InvalidValueError("currency must be an ISO 4217 code such as EUR")
         priced = price_lines(lines, products, occurred_at.date())
         revenue, cost, profit, margin = forecast(priced)
+        require_money("the order's total", revenue)  # else it could never be paid in one payment
         return cls(customer_id=customer.id, lines=priced, currency=currency, revenue=revenue,
                    cost=cost, forecast_profit=profit, forecast_margin=margin,
                    warned_complaint_ids=list(warned_complaint_ids), occurred_at=occurred_at, actor=actor)

@@ -13,7 +13,7 @@ from eventsourcing.domain import Aggregate, event
 from crm.aggregates.errors import InvalidValueError
 from crm.aggregates.values import optional_text, require_money, require_text
 
-_SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would let a trailing newline in
 SKU_NAMESPACE = UUID("6f1c1e4e-6c5b-4a53-9a43-5f0c2b7f8a10")
 
 
@@ -23,7 +23,7 @@ def product_id(sku: str) -> UUID:
 
 
 def require_sku(sku: str) -> str:
-    if not isinstance(sku, str) or not _SKU.match(sku):
+    if not isinstance(sku, str) or not _SKU.fullmatch(sku):
         raise InvalidValueError("sku must be 1-64 characters of letters, digits, '.', '_' or '-'")
     return sku
 

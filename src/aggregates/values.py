@@ -11,7 +11,7 @@ from crm.aggregates.errors import InvalidValueError
 TIERS = ("A", "B", "C", "D")
 MONEY_PLACES = Decimal("0.0001")
 MAX_MONEY_DIGITS = 14  # integer digits: 18 significant digits with 4 decimal places
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")  # fullmatch: `$` would let a trailing newline in
 
 
 def require_text(field: str, value: str | None, *, max_len: int = 200, min_len: int = 1) -> str:
@@ -33,7 +33,7 @@ def require_email(value: str | None) -> str | None:
     """A plausible e-mail address (the API validates strictly; this guards the domain)."""
     if value is None:
         return None
-    if len(value) > 254 or not _EMAIL.match(value):
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
         raise InvalidValueError("email is not a valid address")
     return value
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
-from typing import Annotated, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable, Sequence
 from uuid import UUID
 
 from fastapi import Depends, Header, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from crm.api.auth import Principal
+from crm.api.schemas import MAX_PAGE_REQUEST, MAX_POSITION
 from crm.queries.base import MAX_LIMIT, CursorCodec, ReadStore
 
 WAIT_SECONDS = 5.0
 
 
 async def read_your_writes(request: Request,
-                           min_position: Annotated[int | None, Header(alias="X-Min-Position", ge=0)] = None) -> None:
+                           min_position: Annotated[int | None, Header(alias="X-Min-Position", ge=0, le=MAX_POSITION)] = None) -> None:
     """With `X-Min-Position: N`, wait (at most 5 s) until every read model has processed position N;
     a position beyond the last recorded event is a 422 at once."""
     if min_position is None:
@@ -57,8 +59,25 @@ async def today(request: Request) -> date:
     return request.app.state.clock().date()
 
 
-async def capped(limit: Annotated[int, Query(ge=1, description="page size; capped at 500")] = 50) -> int:
+async def capped(limit: Annotated[int, Query(ge=1, le=MAX_PAGE_REQUEST, description="page size; capped at 500")] = 50
+                 ) -> int:
     return min(limit, MAX_LIMIT)
+
+
+class FilteredCursors(CursorCodec):
+    """The app's codec, with the listing's filters bound into every cursor it signs: a cursor
+    handed back with other filters (or none) is refused (422) like a forged one, instead of
+    silently paging a different listing from a position that belongs to another."""
+
+    def __init__(self, codec: CursorCodec, **filters: Any) -> None:
+        self._codec = codec
+        self._filters = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)
+
+    def encode(self, listing: str, key: Sequence[Any]) -> str:
+        return self._codec.encode(f"{listing}?{self._filters}", key)
+
+    def decode(self, listing: str, cursor: str) -> list[Any]:
+        return self._codec.decode(f"{listing}?{self._filters}", cursor)
 
 
 def ensure_own(principal: Principal, customer_id: UUID | None) -> None:

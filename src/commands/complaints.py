@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Callable
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field
 
 from crm.aggregates.complaint import Complaint
 from crm.aggregates.customer import Customer
@@ -13,23 +13,21 @@ from crm.aggregates.order import Order
 from crm.aggregates.product import Product, product_id
 from crm.commands.base import (Command, Context, UnitOfWork, UnknownReferenceError, Written,
                                business_time, check_version, written)
+from crm.commands.limits import (Channel, Comment, Label, LongText as Text, Name as Who, OptionalReason as Reason,
+                                 RequiredComment, SaneInstant)
 from crm.commands.products import Sku
-
-Text = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
-Who = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
 class FileComplaint(Command):
     """File a complaint; the customer's tier at this moment sets its SLA deadlines."""
 
     customer_id: UUID
-    category: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    category: Label
     description: Text
     order_id: UUID | None = None
     sku: Sku | None = None
-    channel: Annotated[str, StringConstraints(max_length=50)] | None = None
-    filed_at: AwareDatetime | None = None
+    channel: Channel | None = None
+    filed_at: SaneInstant | None = None
 
 
 class AssignDetails(Command):
@@ -47,7 +45,7 @@ class ReasonDetails(Command):
 
 class ResolveDetails(Command):
     resolution: Text
-    root_cause: Annotated[str, StringConstraints(max_length=2_000)] | None = None
+    root_cause: Comment | None = None
     by: Who
 
 
@@ -57,11 +55,11 @@ class ConfirmDetails(Command):
 
 class RateDetails(Command):
     score: Annotated[int, Field(ge=1, le=5, strict=True)]
-    comment: Annotated[str, StringConstraints(max_length=2_000)] | None = None
+    comment: Comment | None = None
 
 
 class ReopenDetails(Command):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=2_000)]
+    reason: RequiredComment
 
 
 class NoDetails(Command):

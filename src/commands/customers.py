@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 from uuid import UUID
 
@@ -10,16 +9,15 @@ from pydantic import EmailStr, Field, StringConstraints
 
 from crm.aggregates.customer import Customer
 from crm.commands.base import Command, Context, UnitOfWork, Written, past_date, written
-
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Short = Annotated[str, StringConstraints(max_length=200)]
+from crm.commands.limits import AnniversaryDate, Area, Label, Name, Note, OptionalReason, Phone, Reason, SaneDate
+from crm.commands.limits import ShortText as Short
 
 
 class SpecialDay(Command):
     """A date worth remembering each year (anniversary, founding day)."""
 
-    label: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    date: date
+    label: Label
+    date: AnniversaryDate
 
 
 class ProfileFields(Command):
@@ -27,10 +25,10 @@ class ProfileFields(Command):
 
     name: Name | None = None
     email: EmailStr | None = None
-    phone: Annotated[str, StringConstraints(max_length=40)] | None = None
-    industry: Short | None = None
-    region: Short | None = None
-    birthday: date | None = None
+    phone: Phone | None = None
+    industry: Area | None = None
+    region: Area | None = None
+    birthday: SaneDate | None = None
     special_days: Annotated[list[SpecialDay], Field(max_length=20)] | None = None
     owner: Short | None = None
 
@@ -54,9 +52,9 @@ class UpdateProfile(ProfileFields):
 
 
 class VisitDetails(Command):
-    visited_on: date
-    by: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    notes: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    visited_on: SaneDate
+    by: Name
+    notes: Note | None = None
 
 
 class RecordVisit(VisitDetails):
@@ -67,9 +65,9 @@ class RecordVisit(VisitDetails):
 
 class OverrideDetails(Command):
     tier: Annotated[str, StringConstraints(pattern=r"^[ABCD]$")]
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
-    approved_by: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    expires_on: date | None = None
+    reason: Reason
+    approved_by: Name
+    expires_on: SaneDate | None = None
 
 
 class OverrideTier(OverrideDetails):
@@ -79,7 +77,7 @@ class OverrideTier(OverrideDetails):
 
 
 class DeactivationDetails(Command):
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    reason: OptionalReason | None = None
 
 
 class DeactivateCustomer(DeactivationDetails):
@@ -95,7 +93,7 @@ class ReactivateCustomer(Command):
 
 
 class ErasureDetails(Command):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    reason: Reason
 
 
 class ErasePersonalData(ErasureDetails):

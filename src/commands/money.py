@@ -1,9 +1,6 @@
-"""The shape money takes in commands: Decimal, never float, bounded in size and precision."""
+"""The shape money takes in commands: Decimal, never float, bounded in size and precision
+(the bounds and why: crm.commands.limits)."""
 
-from decimal import Decimal
-from typing import Annotated
+from crm.commands.limits import MAX_MONEY, Money, PositiveMoney
 
-from pydantic import Field
-
-Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
-PositiveMoney = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=4, allow_inf_nan=False)]
+__all__ = ["MAX_MONEY", "Money", "PositiveMoney"]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field
 
 from crm.aggregates.customer import Customer
 from crm.aggregates.order import MAX_LINES, Order
 from crm.aggregates.product import Product, product_id
 from crm.commands.base import (Command, Context, UnitOfWork, UnknownReferenceError, Written,
                                business_time, written)
-from crm.commands.money import Money, PositiveMoney
+from crm.commands.limits import Money, PositiveMoney, Quantity, Reason, SaneDate, SaneInstant
 from crm.commands.products import Sku
 
 
@@ -21,7 +20,7 @@ class OrderLine(Command):
     """One SKU at a quantity and unit price."""
 
     sku: Sku
-    quantity: Annotated[int, Field(gt=0, le=1_000_000, strict=True)]
+    quantity: Quantity
     unit_price: Money
 
 
@@ -30,11 +29,11 @@ class PlaceOrder(Command):
 
     customer_id: UUID
     lines: Annotated[list[OrderLine], Field(min_length=1, max_length=MAX_LINES)]
-    placed_at: AwareDatetime | None = None
+    placed_at: SaneInstant | None = None
 
 
 class ShipDetails(Command):
-    shipped_at: AwareDatetime | None = None
+    shipped_at: SaneInstant | None = None
 
 
 class ShipOrder(ShipDetails):
@@ -44,8 +43,8 @@ class ShipOrder(ShipDetails):
 
 
 class InvoiceDetails(Command):
-    due_on: date
-    invoiced_at: AwareDatetime | None = None
+    due_on: SaneDate
+    invoiced_at: SaneInstant | None = None
 
 
 class InvoiceOrder(InvoiceDetails):
@@ -56,7 +55,7 @@ class InvoiceOrder(InvoiceDetails):
 
 class PaymentDetails(Command):
     amount: PositiveMoney
-    received_at: AwareDatetime | None = None
+    received_at: SaneInstant | None = None
 
 
 class ReceivePayment(PaymentDetails):
@@ -66,7 +65,7 @@ class ReceivePayment(PaymentDetails):
 
 
 class CancelDetails(Command):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    reason: Reason
 
 
 class CancelOrder(CancelDetails):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 
 from pydantic import StringConstraints
@@ -10,9 +9,9 @@ from pydantic import StringConstraints
 from crm.aggregates.errors import RuleViolationError
 from crm.aggregates.product import Product, product_id
 from crm.commands.base import Command, Context, UnitOfWork, Written, written
-from crm.commands.money import Money
+from crm.commands.limits import Money, Name, SaneDate, ShortText
 
-Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+Sku = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class DuplicateSkuError(RuleViolationError):
@@ -23,15 +22,15 @@ class RegisterProduct(Command):
     """Register a product under its SKU, with standard cost and list price."""
 
     sku: Sku
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Name
     standard_cost: Money
     list_price: Money
-    supplier: Annotated[str, StringConstraints(max_length=200)] | None = None
+    supplier: ShortText | None = None
 
 
 class CostChange(Command):
     standard_cost: Money
-    effective_from: date | None = None
+    effective_from: SaneDate | None = None
 
 
 class ChangeStandardCost(CostChange):

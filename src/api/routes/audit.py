@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel
 from crm.api.auth import Principal
 from crm.api.deps import caller, ensure_role
 from crm.api.reads import only
+from crm.api.schemas import FIRST_INSTANT, LAST_INSTANT
 from crm.infra import audit
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -46,7 +47,8 @@ def _aware(value: datetime) -> datetime:
     return value
 
 
-AsOf = Annotated[datetime, Query(description="an instant with a UTC offset"), AfterValidator(_aware)]
+AsOf = Annotated[datetime, Query(description="an instant with a UTC offset, 1900 .. 2100", ge=FIRST_INSTANT,
+                                 le=LAST_INSTANT), AfterValidator(_aware)]
 
 
 class HistoryEvent(BaseModel):
@@ -109,7 +111,7 @@ class AccessLogEntry(BaseModel):
             dependencies=[Depends(only("format"))])
 def customer_history(customer_id: UUID, request: Request, who: AuditReader,
                      format_: Annotated[Literal["json", "jsonl"] | None, Query(alias="format")] = None,
-                     accept: Annotated[str | None, Header()] = None) -> Response:
+                     accept: Annotated[str | None, Header(max_length=1000)] = None) -> Response:
     """Every event of the customer, its orders and its complaints, in global order, with its chain hash.
 
     JSON Lines (streamed) with `Accept: application/x-ndjson` or `?format=jsonl`, else a JSON array."""

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from crm.api.auth import Principal
 from crm.api.deps import allowed
-from crm.api.reads import Codec, Cursor, Limit, Reads, Today, ensure_own, only, read_your_writes
+from crm.api.reads import Codec, Cursor, FilteredCursors, Limit, Reads, Today, ensure_own, only, read_your_writes
+from crm.api.schemas import Printable
 from crm.queries import complaints as k
 from crm.queries import customers as c
 from crm.queries.base import Page
@@ -24,10 +25,11 @@ TierFilter = Annotated[str | None, Query(pattern="^(A|B|C|D|unrated)$")]
 @router.get("/customers", response_model=Page[c.CustomerSummary],
             dependencies=[Depends(only("tier", "q", "cursor", "limit"))])
 def list_customers(reads: Reads, codec: Codec, today: Today, who: CustomerReader, limit: Limit,
-                   tier: TierFilter = None, q: Annotated[str | None, Query(max_length=200)] = None,
+                   tier: TierFilter = None, q: Annotated[str | None, Query(max_length=200), Printable] = None,
                    cursor: Cursor = None) -> Page[c.CustomerSummary]:
     """Customers by name; filter by the tier in force today and by a piece of the name."""
-    return c.list_customers(reads, codec, today=today, tier=tier, q=q, cursor=cursor, limit=limit)
+    return c.list_customers(reads, FilteredCursors(codec, tier=tier, q=q), today=today, tier=tier, q=q,
+                            cursor=cursor, limit=limit)
 
 
 @router.get("/customers/{customer_id}", response_model=c.Customer360, dependencies=[Depends(only())])
@@ -71,10 +73,11 @@ def customer_complaints(customer_id: UUID, reads: Reads, codec: Codec, who: OwnR
             dependencies=[Depends(only("status", "tier", "assignee", "order", "cursor", "limit"))])
 def complaint_queue(reads: Reads, codec: Codec, who: ComplaintReader, limit: Limit,
                     status: Annotated[str | None, Query(pattern="^(open|in_progress|awaiting_customer|resolved|confirmed|closed)$")] = None,
-                    tier: TierFilter = None, assignee: Annotated[str | None, Query(max_length=200)] = None,
+                    tier: TierFilter = None, assignee: Annotated[str | None, Query(max_length=200), Printable] = None,
                     order: Literal["priority", "filed"] = "priority", cursor: Cursor = None) -> Page[c.ComplaintBrief]:
     """The complaint queue; `order=priority`: tier A first, then the earliest due."""
-    return k.complaint_queue(reads, codec, status=status, tier=tier, assignee=assignee, order=order,
+    cursors = FilteredCursors(codec, status=status, tier=tier, assignee=assignee)
+    return k.complaint_queue(reads, cursors, status=status, tier=tier, assignee=assignee, order=order,
                              cursor=cursor, limit=limit)
 
 

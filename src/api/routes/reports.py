@@ -11,13 +11,16 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.api.reads import Reads, Today, only, read_your_writes
+from crm.api.schemas import FIRST_DAY, LAST_DAY, MAX_PAGE_REQUEST
 from crm.queries import care, reports
 from crm.queries.base import period
 
 router = APIRouter(prefix="/v1", tags=["reports"], dependencies=[Depends(read_your_writes)])
 Reader = Annotated[Principal, Depends(allowed("reports.read"))]
-From = Annotated[date | None, Query(alias="from", description="first day (UTC), default 1 January")]
-To = Annotated[date | None, Query(alias="to", description="last day (UTC, inclusive), default today")]
+From = Annotated[date | None, Query(alias="from", ge=FIRST_DAY, le=LAST_DAY,
+                                    description="first day (UTC), default 1 January; 1900-01-01 .. 2100-12-31")]
+To = Annotated[date | None, Query(alias="to", ge=FIRST_DAY, le=LAST_DAY,
+                                  description="last day (UTC, inclusive), default today; 1900-01-01 .. 2100-12-31")]
 
 
 def _period(start: date | None, end: date | None, today: date):  # type: ignore[no-untyped-def]
@@ -37,7 +40,7 @@ def tier_transitions(reads: Reads, today: Today, who: Reader, start: From = None
 @router.get("/reports/profit-by-tier", response_model=reports.ProfitByTier,
             dependencies=[Depends(only("year", "basis"))])
 def profit_by_tier(reads: Reads, today: Today, who: Reader,
-                   year: Annotated[int | None, Query(ge=1900, le=2200)] = None,
+                   year: Annotated[int | None, Query(ge=FIRST_DAY.year, le=LAST_DAY.year)] = None,
                    basis: Literal["at_order", "current"] = "at_order") -> reports.ProfitByTier:
     """Revenue, cost, profit per tier for the year and the year before; an order counts under the tier
     its customer held when it was placed (`basis=current`: today's tier)."""
@@ -55,7 +58,8 @@ def products(reads: Reads, today: Today, who: Reader, start: From = None, end: T
 @router.get("/reports/customers/profit", response_model=reports.CustomersByProfit,
             dependencies=[Depends(only("from", "to", "limit"))])
 def customers_profit(reads: Reads, today: Today, who: Reader, start: From = None, end: To = None,
-                     limit: Annotated[int, Query(ge=1)] = 100) -> reports.CustomersByProfit:
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_REQUEST, description="capped at 500")] = 100
+                     ) -> reports.CustomersByProfit:
     """Customers ranked by profit contribution, with their share of the total."""
     return reports.customers_by_profit(reads, *_period(start, end, today), min(limit, 500))
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.aggregates.sla import DEFAULT_SLA_POLICY, SlaPolicy
+from crm.api.schemas import ClockTime, Fraction, IsoDay, PolicyKey, SlaDuration, TimeZoneName
 
 router = APIRouter(prefix="/v1/sla", tags=["sla"])
 Manager = Annotated[Principal, Depends(allowed("sla.manage"))]
@@ -20,19 +21,20 @@ class Calendar(BaseModel):
     """Working time only: weekdays (0 = Monday), opening hours, holidays, in a time zone."""
 
     model_config = ConfigDict(extra="forbid")
-    weekdays: list[int] = Field(max_length=7)
-    opens: str = Field(examples=["09:00"])
-    closes: str = Field(examples=["17:00"])
-    holidays: list[str] = Field(default_factory=list, max_length=366)
-    timezone: str = "UTC"
+    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(max_length=7)
+    opens: ClockTime = Field(examples=["09:00"])
+    closes: ClockTime = Field(examples=["17:00"])
+    holidays: list[IsoDay] = Field(default_factory=list, max_length=366)
+    timezone: TimeZoneName = "UTC"
 
 
 class SlaPolicyChange(BaseModel):
     """The fields to change; those left out keep their values. `calendar: null` means round the clock."""
 
     model_config = ConfigDict(extra="forbid")
-    durations: dict[str, str] | None = Field(None, max_length=4, examples=[{"A": "P3D", "B": "P5D"}])
-    warn_ratio: float | None = None
+    durations: dict[PolicyKey, SlaDuration] | None = Field(None, max_length=4, examples=[{"A": "P3D", "B": "P5D"}],
+                                                           description="per tier, at most P366D")
+    warn_ratio: Fraction | None = None
     calendar: Calendar | None = None
 
 

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from crm.api.auth import Principal
 from crm.api.deps import allowed
-from crm.aggregates.tiering import TieringPolicy
+from crm.aggregates.tiering import MAX_VISITS_PER_YEAR, MAX_WINDOW_DAYS, TieringPolicy
+from crm.api.schemas import Fraction, Percent, PolicyKey, SaneInstant
 
 router = APIRouter(prefix="/v1/tiering", tags=["tiering"])
 Manager = Annotated[Principal, Depends(allowed("tiering.manage"))]
@@ -23,10 +24,11 @@ class PolicyChange(BaseModel):
     """The fields to change; those left out keep their current values."""
 
     model_config = ConfigDict(extra="forbid")
-    weights: dict[str, float] | None = Field(None, max_length=10)
-    thresholds: dict[str, float] | None = Field(None, max_length=10)
-    window_days: int | None = None
-    visits_per_year: dict[str, int] | None = Field(None, max_length=10)
+    weights: dict[PolicyKey, Fraction] | None = Field(None, max_length=10)
+    thresholds: dict[PolicyKey, Percent] | None = Field(None, max_length=10)
+    window_days: Annotated[int, Field(ge=1, le=MAX_WINDOW_DAYS)] | None = None
+    visits_per_year: dict[PolicyKey, Annotated[int, Field(ge=0, le=MAX_VISITS_PER_YEAR)]] | None = Field(
+        None, max_length=10)
 
 
 class PolicyView(BaseModel):
@@ -41,7 +43,7 @@ class PolicyView(BaseModel):
 
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    as_of: AwareDatetime | None = Field(None, description="the run grades the window ending here; default now")
+    as_of: SaneInstant | None = Field(None, description="the run grades the window ending here; default now")
 
 
 class RunAccepted(BaseModel):
