@@ -29,3 +29,9 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || \
 	  echo "wrk missing: the HTTP figures are skipped (apt-get install wrk)"
 	$(BIN)/python -m bench.run
+
+# Issue 9: the whole system at half the benchmarked command rate (SOAK_SECONDS=60 for a short run).
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)

@@ -33,6 +33,8 @@ class ReadModelView(Protocol):
 
     def apply(self, writes: Sequence[Write], tracking: Tracking) -> None: ...
 
+    def defer(self, writes: Sequence[Write], tracking: Tracking) -> None: ...
+
 
 def as_json(value: Any) -> str:
     """Event data as JSON for jsonb columns (Decimal as string, dates ISO, ids as text)."""
@@ -59,7 +61,7 @@ class ReadModelProjection(Projection[Any]):
     indexes: ClassVar[tuple[str, ...]] = ()
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.apply(self.writes_for(domain_event), tracking)
+        self.view.defer(self.writes_for(domain_event), tracking)  # written in groups, see the view
 
     def writes_for(self, domain_event: Any) -> list[Write]:
         """Each projection dispatches on the event's type with its own singledispatchmethod."""

@@ -257,3 +257,24 @@ def test_the_rebuild_command_reports_events_and_rate(fresh_system, monkeypatch) 
     assert f"customers: 1 events to position {made['position']}" in result.output
     bad = CliRunner().invoke(main, ["rebuild", "nonsense"])
     assert bad.exit_code != 0 and "one of: all" in bad.output
+
+
+def test_a_nul_character_stored_before_inputs_refused_it_does_not_stop_the_read_model(fresh_system) -> None:
+    """PostgreSQL's text cannot hold NUL; the API now refuses control characters, but an event
+    recorded earlier must not freeze its projection: the row gets U+FFFD, later events still apply."""
+    from datetime import date, datetime, timezone
+
+    from crm.aggregates.customer import Customer
+
+    rt, admin = fresh_system()
+    old = Customer.register(occurred_at=datetime.now(timezone.utc), actor="import", name="Nul\x00Corp",
+                            special_days=[{"label": "day\x00one", "date": date(2001, 2, 3)}])
+    rt.store.save(old)
+    later = admin.post("/v1/customers", json={"name": "After Nul"}).json()
+    assert rt.reads.wait_for(later["position"], 10), "the projection stopped at the NUL"
+    row = admin.get(f"/v1/customers/{old.id}").json()
+    assert row["name"] == "Nul\ufffdCorp"
+    assert admin.get(f"/v1/customers/{later['id']}").status_code == 200
+    incremental = checksums(rt.store)
+    rebuild(rt.store, rt.database_url, "customers")  # the batch path meets the same event
+    assert checksums(rt.store) == incremental
