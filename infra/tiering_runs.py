@@ -116,6 +116,9 @@ def _plain(value: Any) -> Any:
 def _stream(pool: Any, query: str, params: dict[str, Any]) -> Iterator[tuple]:
     """Rows through a server-side cursor, so a million customers never sit in one result."""
     with pool.connection() as conn, conn.transaction():
+        # The indicator aggregates hash a million customers: with the default 4 MB they spill to
+        # disk (22.5 s for 1M customers here; 14.4 s with this, one EXPLAIN ANALYZE run each).
+        conn.execute("SET LOCAL work_mem = '256MB'")
         with conn.cursor(name=f"tiering_{uuid.uuid4().hex[:8]}") as cursor:
             cursor.itersize = 20_000
             cursor.execute(query, params)
