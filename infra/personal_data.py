@@ -20,6 +20,7 @@ drops the key at once, and any other process stops using it within KEY_TTL.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import threading
 import time
@@ -38,7 +39,10 @@ from crm.aggregates.customer import Customer
 from crm.infra.cloudevents import PERSONAL_FIELD as FIELD
 
 KEY_TTL = 60.0
-CACHE_LIMIT = 200_000
+# Keys of the customers seen last, per mapper (a process may hold several: `crm projections` one
+# per projection). A soak run showed the old limit of 200,000 as steady growth, ~400 bytes per
+# new customer per mapper; 5,000 is more than a batch of prefetched keys (rebuilds, the relay).
+CACHE_LIMIT = 5_000
 ERASED: dict[str, Any] = {"name": "[erased]", "email": None, "phone": None, "birthday": None,
                           "special_days": [], "address": "[erased]"}
 CUSTOMER_FIELDS = ("name", "email", "phone", "birthday", "special_days")
@@ -139,8 +143,10 @@ class KeyStore:
     def _remember(self, customer_id: UUID, key: bytes | None) -> bytes | None:
         key = None if key is None else bytes(key)
         with self._lock:
+            self._cache.pop(customer_id, None)  # re-inserted last: the dict's order is least recently stored first
             if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
+                for oldest in list(itertools.islice(self._cache, CACHE_LIMIT // 2)):
+                    del self._cache[oldest]
             self._cache[customer_id] = (key, time.monotonic())
         return key
 
