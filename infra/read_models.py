@@ -78,11 +78,21 @@ class ProjectionView(PostgresTrackingRecorder):
                 return
         group.wake.set()
 
+    def flush(self) -> None:
+        """Write what is pending now, in the caller's thread."""
+        group = self.__dict__.get("_pending_group")
+        if group is not None:
+            with group.lock:
+                if group.pending and not group.closed:
+                    self._flush(group)
+
     def close_group(self) -> None:
         """Stop the flusher and forget what was not written (the next runner replays it)."""
         group = self.__dict__.get("_pending_group")
         if group is not None:
-            group.closed = True
+            with group.lock:  # after a flush in progress, none again
+                group.closed = True
+                group.pending.clear()
             group.wake.set()
 
     def _group(self) -> _Group:
@@ -104,12 +114,14 @@ class ProjectionView(PostgresTrackingRecorder):
                     continue
                 try:
                     self._flush(group)
-                    backoff = 0.1
+                    backoff, failed = 0.1, None
                 except Exception as error:  # database away: keep the group, retry later
-                    log.warning("projection.flush_failed", projection=self.projection.name, error=repr(error)[:200])
-                    group.wake.set()
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    failed = error
+            if failed is not None and not group.closed:
+                log.warning("projection.flush_failed", projection=self.projection.name, error=repr(failed)[:200])
+                group.wake.set()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
     def _flush(self, group: _Group) -> None:
         """Write the pending group (caller holds group.lock); on a tracking conflict (part of it
@@ -119,7 +131,9 @@ class ProjectionView(PostgresTrackingRecorder):
             return
         batch = list(group.pending)
         try:
-            self.apply_batch(batch)
+            # tracking first, as apply() does: a rebuild's swap holds the tracking table and then
+            # drops the live tables; rows first would deadlock with it
+            self.apply_batch(batch, tracking_first=True)
         except IntegrityError:
             for writes, position in batch:
                 self.apply(writes, Tracking(APP, position))
@@ -147,7 +161,8 @@ class ProjectionView(PostgresTrackingRecorder):
             for write in writes:
                 curs.execute(write.sql, write.params)
 
-    def apply_batch(self, batch: Sequence[tuple[Sequence[Write], int]], curs: Any | None = None) -> None:
+    def apply_batch(self, batch: Sequence[tuple[Sequence[Write], int]], curs: Any | None = None,
+                    tracking_first: bool = False) -> None:
         """Many events in one transaction (rebuild): rows in order, then the last position.
         A NUL in an old event is handled as in apply()."""
         if not batch:
@@ -155,21 +170,25 @@ class ProjectionView(PostgresTrackingRecorder):
         if curs is not None:  # inside the caller's transaction: a savepoint to retry in
             try:
                 with curs.connection.transaction():
-                    return self._write_batch(curs, batch)
+                    return self._write_batch(curs, batch, tracking_first=tracking_first)
             except (DataError, PgDataError):
-                return self._write_batch(curs, _without_nul_batch(batch))
+                return self._write_batch(curs, _without_nul_batch(batch), tracking_first=tracking_first)
         try:
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute("SET LOCAL synchronous_commit = off")
-                self._write_batch(curs, batch)
+                self._write_batch(curs, batch, tracking_first=tracking_first)
         except (DataError, PgDataError):
             with self.datastore.transaction(commit=True) as curs:
                 curs.execute("SET LOCAL synchronous_commit = off")
-                self._write_batch(curs, _without_nul_batch(batch))
+                self._write_batch(curs, _without_nul_batch(batch), tracking_first=tracking_first)
 
-    def _write_batch(self, curs: Any, batch: Sequence[tuple[Sequence[Write], int]], position: int | None = None) -> None:
-        """Writes in log order (pipelined), then the append-only ones grouped per statement."""
+    def _write_batch(self, curs: Any, batch: Sequence[tuple[Sequence[Write], int]], position: int | None = None,
+                     tracking_first: bool = False) -> None:
+        """Writes in log order (pipelined), then the append-only ones grouped per statement; the
+        batch's last position is tracked after them, or before them with tracking_first."""
         self._use_schema(curs)
+        if tracking_first:
+            self._insert_tracking(curs, Tracking(APP, position or batch[-1][1]))
         appends: dict[str, list[Any]] = {}
         with curs.connection.pipeline():
             for writes, _ in batch:
@@ -180,7 +199,8 @@ class ProjectionView(PostgresTrackingRecorder):
                         curs.execute(write.sql, write.params)
             for statement, params in appends.items():
                 curs.executemany(statement, params)
-        self._insert_tracking(curs, Tracking(APP, position or batch[-1][1]))
+        if not tracking_first:
+            self._insert_tracking(curs, Tracking(APP, position or batch[-1][1]))
 
     def advance(self, position: int, curs: Any | None = None) -> None:
         """Track a position with no rows to write (the log's head, past events this view ignores)."""
@@ -266,8 +286,8 @@ class Runners(dict[str, ProjectionRunner]):
                     retry_at[name] = time.monotonic() + backoff[name]
                     backoff[name] = min(backoff[name] * 2, 2.0)
                     continue
+                runner.view.close_group()  # first: its flusher must not write behind the new runner
                 _exit_quietly(runner)
-                runner.view.close_group()
                 self[name] = replacement
                 log.info("projection.resumed", projection=name, outage_s=round(time.monotonic() - down.pop(name), 1))
 
@@ -275,8 +295,8 @@ class Runners(dict[str, ProjectionRunner]):
         self.stopping.set()
         self.watcher.join(timeout=10)
         for runner in self.values():
+            runner.view.close_group()  # what it had not written yet is replayed at the next start
             _exit_quietly(runner)
-            runner.view.close_group()
 
 
 def _start_runner(database_url: str, name: str) -> ProjectionRunner:
@@ -313,5 +333,5 @@ def stop_runners(runners: dict[str, ProjectionRunner]) -> None:
         runners.stop()
     else:
         for runner in runners.values():
-            runner.__exit__(None, None, None)
             runner.view.close_group()
+            runner.__exit__(None, None, None)
