@@ -151,7 +151,7 @@ class ProjectionView(PostgresTrackingRecorder):
             # written as U+FFFD (the event itself is unchanged). Any other data error is raised.
             log.warning("projection.nul_replaced", projection=self.projection.name,
                         position=tracking.notification_id, error=repr(error)[:200])
-            self._apply([Write(w.sql, without_nul(w.params), w.append_only) for w in writes], tracking)
+            self._apply(_without_nul_writes(writes), tracking)
 
     def _apply(self, writes: Sequence[Write], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -227,8 +227,11 @@ def without_nul(value: Any) -> Any:
 
 
 def _without_nul_batch(batch: Sequence[tuple[Sequence[Write], int]]) -> list[tuple[list[Write], int]]:
-    return [([Write(w.sql, without_nul(w.params), w.append_only) for w in writes], position)
-            for writes, position in batch]
+    return [(_without_nul_writes(writes), position) for writes, position in batch]
+
+
+def _without_nul_writes(writes: Sequence[Write]) -> list[Write]:
+    return [Write(w.sql, without_nul(w.params), w.append_only) for w in writes]
 
 
 def view_env(database_url: str, name: str, schema: str) -> dict[str, str]:
@@ -329,9 +332,6 @@ def start_runners(database_url: str, names: Iterable[str] | None = None) -> Runn
 
 
 def stop_runners(runners: dict[str, ProjectionRunner]) -> None:
+    """Stop what start_runners started (an empty dict, where nothing was started, is fine)."""
     if isinstance(runners, Runners):
         runners.stop()
-    else:
-        for runner in runners.values():
-            runner.view.close_group()
-            runner.__exit__(None, None, None)
