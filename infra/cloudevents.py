@@ -51,7 +51,7 @@ def plain_json(value: Any) -> Any:
 _TYPED = re.compile(rb'\{"_type_":"(uuid_hex|decimal_str|datetime_iso|date_iso)","_data_":"([^"\\]*)"\}')
 _HEAD = re.compile(rb'\{"timestamp":"([^"\\]*)",(?:"originator_topic":"[^"\\]*",)?')
 _TAIL = re.compile(rb',"occurred_at":"([^"\\]*)","actor":"(?:[^"\\]|\\.)*"\}\Z')
-_NEEDS_MAPPER = (b'"class_version"', b'"%s":' % PERSONAL_FIELD.encode())
+_CLASS_VERSION_MARK, _PERSONAL_MARK = b'"class_version"', b'"%s":' % PERSONAL_FIELD.encode()
 
 
 def unwrap(state: bytes) -> bytes:
@@ -72,7 +72,7 @@ def cut(state: bytes, class_version: int) -> tuple[bytes, bytes, bytes] | None:
     """(recorded_at, occurred_at, data as a JSON object) cut from the stored JSON without decoding it;
     None when only the library's mapper can read the event: written by an older version of its
     class (it needs upcasting), holding sealed personal data, or of a shape not expected here."""
-    if class_version != 1 or any(mark in state for mark in _NEEDS_MAPPER):
+    if class_version != 1 or _CLASS_VERSION_MARK in state or _PERSONAL_MARK in state:
         return None
     plain = unwrap(state)
     head = _HEAD.match(plain)
@@ -134,7 +134,12 @@ def _spliced(kafka_topic: str, ce_type: str, schema: str, notification: Notifica
              b'"datacontenttype":"application/json","dataschema":"%s","position":%s,"aggregateversion":%s,'
              b'"recordedat":"%s","data":%s}' % (event_id, type_, subject, occurred_at,
                                                 (SCHEMA_BASE + schema).encode(), position, version, recorded_at, data))
-    headers = [("ce_specversion", b"1.0"), ("ce_id", event_id), ("ce_source", b"crm"), ("ce_type", type_),
+    headers = [_SPECVERSION_HEADER, ("ce_id", event_id), _SOURCE_HEADER, ("ce_type", type_),
                ("ce_subject", subject), ("ce_time", occurred_at), ("ce_position", position),
-               ("ce_aggregateversion", version), ("content-type", b"application/cloudevents+json; charset=utf-8")]
+               ("ce_aggregateversion", version), _CONTENT_TYPE_HEADER]
     return kafka_topic, subject, value, headers
+
+
+# The headers every message carries unchanged (shared, not rebuilt per event).
+_SPECVERSION_HEADER, _SOURCE_HEADER = ("ce_specversion", b"1.0"), ("ce_source", b"crm")
+_CONTENT_TYPE_HEADER = ("content-type", b"application/cloudevents+json; charset=utf-8")

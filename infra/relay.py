@@ -22,7 +22,8 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from crm.infra.cloudevents import plain_json, to_cloudevent
 from crm.infra.event_store import CrmEventStore
 from crm.infra.followers import FollowerThread, open_tracking, run_rounds
-from crm.infra.kafka import ensure_topics, producer_config
+from crm.infra.gc_pause import cycle_collector_paused
+from crm.infra.kafka import KeyPartitioner, ensure_topics, producer_config
 
 log = structlog.get_logger(__name__)
 APP = CrmEventStore.name
@@ -52,6 +53,7 @@ class Relay:
         self.tracking = open_tracking(database_url, "relay")
         self.status = RelayStatus(position=self.position())
         self._producer: Any = None
+        self._partitioner = KeyPartitioner()
 
     def position(self) -> int:
         return self.tracking.max_tracking_id(APP) or 0
@@ -75,12 +77,15 @@ class Relay:
             return 0
         futures = []
         self.store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
-        for notification in notifications:
-            topic, key, value, headers = to_cloudevent(notification, self._upcast)
-            futures.append(producer.send(topic, key=key, value=value, headers=headers))
+        send, partition, upcast = producer.send, self._partitioner.for_round(producer), self._upcast
+        with cycle_collector_paused():
+            for notification in notifications:
+                topic, key, value, headers = to_cloudevent(notification, upcast)
+                futures.append(send(topic, key=key, value=value, headers=headers, partition=partition(topic, key)))
         producer.flush(timeout=10)
         for future in futures:
-            future.get(timeout=10)  # raises if the broker did not acknowledge it
+            if not future.succeeded():  # after the flush every future is done: this is the rare path
+                future.get(timeout=10)  # raises if the broker did not acknowledge it
         self.tracking.insert_tracking(Tracking(APP, notifications[-1].id))
         self.status.position, self.status.broker_reachable = notifications[-1].id, True
         self.status.published += len(notifications)
