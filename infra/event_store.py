@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from datetime import date
 from typing import Any, Iterator, Mapping
 
@@ -62,6 +63,41 @@ def open_event_store(database_url: str) -> CrmEventStore:
 MAX_CALL_BYTES = 200_000
 
 
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + bytes(8)  # binary COPY header: signature, flags, no extension
+_COPY_TRAILER = b"\xff\xff"
+_UUID_ROW = struct.Struct(">hi16siq")  # 4 fields; a 16-byte uuid; an 8-byte version
+_TEXT_ROW = struct.Struct(">h")
+_LENGTH = struct.Struct(">i")
+_VERSION = struct.Struct(">iq")
+
+
+def binary_copy_rows(stored: list[Any], *, uuid_ids: bool) -> bytearray:
+    """The events as PostgreSQL's binary COPY format (header, one tuple per event, trailer),
+    for columns (originator_id uuid or text, originator_version int8, topic text, state bytea).
+
+    Written whole rather than through psycopg's write_row: a third of the per-event cost of a
+    million-event COPY. The state goes over as raw bytes, not escaped bytea text."""
+    out = bytearray(_COPY_SIGNATURE)
+    topics: dict[str, bytes] = {}
+    for event in stored:
+        originator_id, version, topic, state = (
+            event if type(event) is tuple else
+            (event.originator_id, event.originator_version, event.topic, event.state))
+        if uuid_ids:
+            out += _UUID_ROW.pack(4, 16, originator_id.bytes, 8, version)
+        else:
+            text = str(originator_id).encode()
+            out += _TEXT_ROW.pack(4) + _LENGTH.pack(len(text)) + text + _VERSION.pack(8, version)
+        encoded = topics.get(topic)
+        if encoded is None:
+            encoded = topics[topic] = _LENGTH.pack(len(topic.encode())) + topic.encode()
+        out += encoded
+        out += _LENGTH.pack(len(state))
+        out += state
+    out += _COPY_TRAILER
+    return out
+
+
 def safe_calls(pairs: list[tuple[Any, Any]]) -> Iterator[list[tuple[Any, Any]]]:
     """Group (item, stored event) pairs into recorder calls of at most MAX_CALL_BYTES."""
     call: list[tuple[Any, Any]] = []
@@ -85,6 +121,7 @@ def insert_in_safe_calls(store: CrmEventStore, stored: list[Any]) -> None:
 def copy_events(store: CrmEventStore, stored: list[Any]) -> None:
     """Bulk append in one transaction with COPY, for large system-made batches (re-tier runs).
 
+    `stored` holds StoredEvents or (originator_id, originator_version, topic, state) tuples.
     The same ordering guarantee as the library's recorder: its own lock statements first (an
     EXCLUSIVE lock on the events table, so ids are issued in commit order), and its channel is
     notified so following runners wake up. A clash with a concurrent writer raises the
@@ -93,17 +130,14 @@ def copy_events(store: CrmEventStore, stored: list[Any]) -> None:
     batches to a fraction of a second."""
     recorder: Any = store.recorder
     table = sql.Identifier(recorder.datastore.schema or "public", recorder.events_table_name)
+    data = binary_copy_rows(stored, uuid_ids=recorder.datastore.originator_id_type == "uuid")
     try:
         with recorder.datastore.transaction(commit=True) as curs:
             for statement in recorder.lock_table_statements:
                 curs.execute(statement)
-            # Binary COPY: the state goes over as raw bytes, not escaped bytea text (half the volume,
-            # and no per-byte escaping in Python).
             with curs.copy(sql.SQL("COPY {} (originator_id, originator_version, topic, state) FROM STDIN "
                                    "(FORMAT BINARY)").format(table)) as copy:
-                copy.set_types([recorder.datastore.originator_id_type, "int8", "text", "bytea"])
-                for event in stored:
-                    copy.write_row((event.originator_id, event.originator_version, event.topic, event.state))
+                copy.write(data)
             curs.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(recorder.channel_name)))
     except errors.UniqueViolation as error:
         raise IntegrityError(str(error)) from error

@@ -33,10 +33,11 @@ how many visits a year each tier gets; every change to it is a new version.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, Hashable, Mapping, TypeVar
+from typing import Any, Hashable, Mapping, Sequence, TypeVar
 
 from crm.aggregates.errors import InvalidValueError
 from crm.aggregates.service_rules import DEFAULT_VISITS_PER_YEAR
@@ -137,23 +138,50 @@ def percentile_ranks(values: Mapping[K, float | Decimal | None], *,
     W counts values strictly worse, E equal values (itself included). A single value
     ranks 100. None ranks 0 and counts as worse than every value.
     """
-    keys = [key for key, v in values.items() if v is not None]
-    keys.sort(key=values.__getitem__)  # type: ignore[arg-type]  # one sort; then each run of equal values
+    return dict(zip(values, rank_column(list(values.values()), lower_is_better=lower_is_better)))
+
+
+def rank_column(values: Sequence[float | Decimal | None], *, lower_is_better: bool = False) -> list[float]:
+    """`percentile_ranks` for a column of values: the ranks in the same order.
+
+    A rank depends only on how many values are below and equal to a value, so the values are
+    counted once and each distinct value is ranked once, in sorted order. They are counted by
+    their nearest float (hashing and sorting a million Decimals is slow) unless two different
+    values of the column round to the same float; then by their exact values.
+    """
     n = len(values)
-    missing, count = n - len(keys), len(keys)
-    ranks: dict[K, float] = dict.fromkeys((key for key, v in values.items() if v is None), 0.0)
-    start = 0
-    while start < count:
-        value, end = values[keys[start]], start + 1
-        while end < count and values[keys[end]] == value:
-            end += 1
-        # values[keys[start:end]] are equal: `start` values below them, `end` up to them
-        worse = missing + (count - end if lower_is_better else start)
-        rank = 100.0 if n == 1 else 100 * (worse + 0.5 * (end - start - 1)) / (n - 1)
-        for key in keys[start:end]:
-            ranks[key] = rank
-        start = end
-    return ranks
+    present = [v for v in values if v is not None]
+    missing, count = n - len(present), len(present)
+    keys, counts = _counted(present)
+    rank_of: dict[Any, float] = {}
+    below = 0
+    for key in sorted(counts):
+        equal = counts[key]  # equal values; `below` values are smaller
+        worse = missing + (count - below - equal if lower_is_better else below)
+        rank_of[key] = 100.0 if n == 1 else 100 * (worse + 0.5 * (equal - 1)) / (n - 1)
+        below += equal
+    ranks = map(rank_of.__getitem__, keys)
+    return [0.0 if v is None else next(ranks) for v in values]
+
+
+def _counted(present: list[Any]) -> tuple[list[Any], Counter[Any]]:
+    """(a key per value that orders and equals as the values do, how often each key occurs)."""
+    if all(type(v) is float for v in present):
+        return present, Counter(present)
+    try:
+        floats = list(map(float, present))  # rounding to the nearest float never reverses an order
+    except OverflowError:  # beyond any float
+        return present, Counter(present)
+    counts = Counter(floats)
+    if len(counts) != len(set(present)):  # two different values share a float: use the values
+        return present, Counter(present)
+    return floats, counts
+
+
+def _weighted(order_volume: float, collection_days: float, profit_margin: float, weights: tuple[float, ...]) -> float:
+    """The score from the three ranks (INDICATORS order): weighted sum, 4 places, 0..100."""
+    total = weights[0] * order_volume + weights[1] * collection_days + weights[2] * profit_margin
+    return min(100.0, max(0.0, round(total, 4)))
 
 
 def score(percentiles: Mapping[str, float],
@@ -161,8 +189,11 @@ def score(percentiles: Mapping[str, float],
     """The weighted sum of the three indicator ranks, rounded to 4 places, within 0..100."""
     if set(percentiles) != set(INDICATORS):
         raise InvalidValueError(f"percentiles must name exactly {', '.join(INDICATORS)}")
-    total = sum(policy.weights[name] * percentiles[name] for name in INDICATORS)
-    return min(100.0, max(0.0, round(total, 4)))
+    return _weighted(*(percentiles[name] for name in INDICATORS), _weights(policy))
+
+
+def _weights(policy: TieringPolicy) -> tuple[float, ...]:
+    return tuple(policy.weights[name] for name in INDICATORS)
 
 
 def tier_for(score: float, policy: TieringPolicy = DEFAULT_TIERING_POLICY) -> str:
@@ -184,8 +215,7 @@ class Indicators:
     def __post_init__(self) -> None:
         # ranking needs an order, and NaN has none: refuse it here, not deep in a sort
         if self.order_volume is None or not all(
-                v is None or (v.is_finite() if isinstance(v, Decimal) else math.isfinite(v))
-                for v in (self.order_volume, self.collection_days, self.profit_margin)):
+                _finite(v) for v in (self.order_volume, self.collection_days, self.profit_margin)):
             raise InvalidValueError("indicators must be finite numbers (order_volume required)")
 
     def as_dict(self) -> dict[str, Decimal | float | None]:
@@ -204,17 +234,44 @@ class Grade:
     raw: dict[str, Decimal | float | None]
 
 
+@dataclass(frozen=True)
+class GradedColumns:
+    """`grade` for columns of indicators: entry i of each list belongs to customer i."""
+
+    tiers: list[str]
+    scores: list[float]
+    percentiles: dict[str, list[float]]  # per indicator name
+
+
+def grade_columns(order_volume: Sequence[Decimal], collection_days: Sequence[float | None],
+                  profit_margin: Sequence[Decimal | None],
+                  policy: TieringPolicy = DEFAULT_TIERING_POLICY) -> GradedColumns:
+    """Rank every indicator among the given customers, then score and tier each of them.
+
+    The same as `grade`, without an object per customer (a re-tier run grades a million)."""
+    columns = {"order_volume": order_volume, "collection_days": collection_days, "profit_margin": profit_margin}
+    if not len(order_volume) == len(collection_days) == len(profit_margin):
+        raise InvalidValueError("indicator columns must have one entry per customer")
+    if any(v is None for v in order_volume) or not all(_finite(v) for column in columns.values() for v in column):
+        raise InvalidValueError("indicators must be finite numbers (order_volume required)")
+    ranks = {name: rank_column(column, lower_is_better=name in LOWER_IS_BETTER) for name, column in columns.items()}
+    weights = _weights(policy)
+    scores = [_weighted(a, b, c, weights) for a, b, c in zip(*(ranks[name] for name in INDICATORS))]
+    tiers = [tier_for(s, policy) for s in scores]
+    return GradedColumns(tiers, scores, ranks)
+
+
+def _finite(value: Decimal | float | None) -> bool:
+    return value is None or (value.is_finite() if isinstance(value, Decimal) else math.isfinite(value))
+
+
 def grade(indicators_by_customer: Mapping[K, Indicators],
           policy: TieringPolicy = DEFAULT_TIERING_POLICY) -> dict[K, Grade]:
     """Rank every indicator among the given customers, then score and tier each of them."""
-    ranks = {name: percentile_ranks(
-                {key: getattr(ind, name) for key, ind in indicators_by_customer.items()},
-                lower_is_better=name in LOWER_IS_BETTER)
-             for name in INDICATORS}
-    grades: dict[K, Grade] = {}
-    for key, indicators in indicators_by_customer.items():
-        percentiles = {name: ranks[name][key] for name in INDICATORS}
-        customer_score = score(percentiles, policy)
-        grades[key] = Grade(tier=tier_for(customer_score, policy), score=customer_score,
-                            percentiles=percentiles, raw=indicators.as_dict())
-    return grades
+    given = list(indicators_by_customer.values())
+    graded = grade_columns([i.order_volume for i in given], [i.collection_days for i in given],
+                           [i.profit_margin for i in given], policy)
+    return {key: Grade(tier=graded.tiers[n], score=graded.scores[n],
+                       percentiles={name: graded.percentiles[name][n] for name in INDICATORS},
+                       raw=indicators.as_dict())
+            for n, (key, indicators) in enumerate(indicators_by_customer.items())}

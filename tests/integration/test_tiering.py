@@ -194,6 +194,33 @@ def test_a_run_over_thousands_of_customers_appends_in_safe_batches(fresh_system)
     assert report.evaluated == report.changed == 2_500
     assert sum(report.transitions.values()) == 2_500 and rt.store.position() == 5_000
     assert rt.runs.get(run_id)["status"] == "succeeded"
+    assert_events_say_what_the_pure_grading_says(rt, AS_OF, DEFAULT_TIERING_POLICY)
+
+
+def assert_events_say_what_the_pure_grading_says(rt, as_of, policy) -> None:  # type: ignore[no-untyped-def]
+    """Every TierAssigned the run appended (bulk-encoded, ranked by columns) holds what `grade`, the
+    documented pure function, gives for the same facts, in exactly the bytes the mapper writes."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from crm.aggregates.tiering import Indicators, grade
+    from crm.infra.tiering_runs import _indicators
+
+    rows = _indicators(rt.pool, as_of - timedelta(days=policy.window_days), as_of, parts=1)
+    assert sorted(rows) == sorted(_indicators(rt.pool, as_of - timedelta(days=policy.window_days), as_of, parts=3))
+    facts = {row[0]: Indicators(order_volume=row[3], profit_margin=row[4], collection_days=row[5])
+             for row in rows if row[3] is not None}
+    expected = grade(facts, policy)
+    stored = [n for n in rt.store.recorder.select_notifications(start=1, limit=100_000) if "TierAssigned" in n.topic]
+    assert len(stored) == len(expected)
+    for notification in stored:
+        event = rt.store.mapper.to_domain_event(notification)
+        should = expected[event.originator_id]
+        assert (event.tier, event.score) == (should.tier, Decimal(str(should.score)))
+        assert event.indicators == {name: {"raw": str(value) if isinstance(value, Decimal) else value,
+                                           "percentile": should.percentiles[name]}
+                                    for name, value in should.raw.items()}
+        assert rt.store.mapper.to_stored_event(event).state == notification.state
 
 
 def test_a_customer_changed_since_the_read_model_saw_it_still_gets_its_tier(fresh_system) -> None:
@@ -233,7 +260,8 @@ def test_the_bulk_encoding_stores_exactly_the_mappers_bytes(runtime) -> None:
                                    "profit_margin": {"raw": "0.31", "percentile": 70.0}}, "weighted score"),
              tiering_runs.Outcome(uuid4(), 1, None, "D", None, {}, "no orders in window")]
     mapped = [runtime.store.mapper.to_stored_event(tiering_runs._event(o, 4, run_id, as_of, now)) for o in batch]
-    assert tiering_runs._stored_events(runtime.store, batch, 4, run_id, as_of, now) == mapped
+    assert tiering_runs._stored_events(runtime.store, batch, 4, run_id, as_of, now) == [
+        (e.originator_id, e.originator_version, e.topic, e.state) for e in mapped]
     decoded = runtime.store.mapper.to_domain_event(mapped[0])
     assert decoded.score == Decimal("81.25") and decoded.tier == "A" and decoded.run_id == str(run_id)
 
@@ -250,7 +278,7 @@ def test_the_bulk_encoding_falls_back_to_the_mapper_when_they_differ(runtime, mo
     original = tiering_runs._event
     monkeypatch.setattr(tiering_runs, "_event", lambda o, *a: _with_actor(original(o, *a), "tiering-run"))
     stored = tiering_runs._stored_events(runtime.store, batch, 1, run_id, as_of, now)
-    assert all(b'"actor":"tiering-run"' in s.state for s in stored)
+    assert all(b'"actor":"tiering-run"' in state for *_, state in stored)
 
 
 def _with_actor(event, actor: str):  # type: ignore[no-untyped-def]

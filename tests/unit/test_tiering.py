@@ -17,7 +17,9 @@ from crm.aggregates.tiering import (
     Indicators,
     TieringPolicy,
     grade,
+    grade_columns,
     percentile_ranks,
+    rank_column,
     score,
     tier_for,
 )
@@ -311,3 +313,47 @@ def test_any_valid_policy_round_trips_through_its_stored_form(policy):
 def test_a_stored_policy_with_an_unknown_field_is_refused():
     with pytest.raises(InvalidValueError):
         TieringPolicy.from_dict({**DEFAULT_TIERING_POLICY.to_dict(), "bonus": 1})
+
+
+def _ranks_by_definition(values, lower_is_better):  # type: ignore[no-untyped-def]
+    """The module's formula, counted pair by pair: W worse values (None is worse than any), E equal."""
+    n, ranks = len(values), []
+    for v in values:
+        if v is None:
+            ranks.append(0.0)
+            continue
+        worse = sum(1 for u in values if u is None or (u > v if lower_is_better else u < v))
+        equal = sum(1 for u in values if u is not None and u == v)
+        ranks.append(100.0 if n == 1 else 100 * (worse + 0.5 * (equal - 1)) / (n - 1))
+    return ranks
+
+
+# Decimals one float cannot tell apart (0.1 and its neighbours at 22 digits), and plain ones
+indistinguishable = st.sampled_from([Decimal("0.1"), Decimal("0.10"), Decimal("0.1000000000000000000001"),
+                                     Decimal("0.0999999999999999999999"), Decimal("0.1000000000000000000002")])
+
+
+@given(st.lists(st.none() | indistinguishable | money | margins.filter(lambda m: m is not None), max_size=40),
+       st.booleans())
+def test_rank_column_follows_the_definition_even_where_floats_tie(values, lower_is_better):
+    assert rank_column(values, lower_is_better=lower_is_better) == _ranks_by_definition(values, lower_is_better)
+
+
+def test_rank_column_splits_decimals_that_round_to_one_float():
+    values = [Decimal("0.1000000000000000000001"), Decimal("0.1"), Decimal("0.0999999999999999999999")]
+    assert float(values[0]) == float(values[1]) == float(values[2])
+    assert rank_column(values) == [100.0, 50.0, 0.0]
+    assert rank_column(values, lower_is_better=True) == [0.0, 50.0, 100.0]
+
+
+@given(populations, valid_policies())
+def test_grading_by_columns_is_grading_by_customer(population, policy):
+    by_customer = grade(population, policy)
+    given_ = list(population.values())
+    columns = grade_columns([i.order_volume for i in given_], [i.collection_days for i in given_],
+                            [i.profit_margin for i in given_], policy)
+    for n, key in enumerate(population):
+        percentiles = {name: columns.percentiles[name][n] for name in INDICATORS}
+        assert by_customer[key].percentiles == percentiles
+        assert columns.scores[n] == score(percentiles, policy) == by_customer[key].score
+        assert columns.tiers[n] == tier_for(columns.scores[n], policy) == by_customer[key].tier
