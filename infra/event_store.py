@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+import time
 from datetime import date
 from typing import Any, Iterator, Mapping
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
+from eventsourcing.persistence import InternalError as PersistenceInternalError
 from psycopg import errors, sql
 
 from crm.infra.personal_data import KeyStore, PersonalDataMapper
@@ -52,8 +54,23 @@ class CrmEventStore(Application[Any]):
         return self.recorder.max_notification_id() or 0
 
 
-def open_event_store(database_url: str) -> CrmEventStore:
-    return CrmEventStore(env=eventsourcing_env(database_url))
+_DDL_RACES = ("tuple concurrently updated", "pg_type_typname_nsp_index", "already exists")
+
+
+def open_event_store(database_url: str, attempts: int = 5) -> CrmEventStore:
+    """The store, its tables created when missing. Processes that start together (`crm up`'s
+    workers, a benchmark's writers) run the library's CREATE ... IF NOT EXISTS statements at once,
+    and PostgreSQL can refuse one of them ("tuple concurrently updated", or a duplicate key in its
+    catalog when the table is new; a `make bench` run stopped on the first): that attempt is made
+    again, shortly after, when the others have finished."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return CrmEventStore(env=eventsourcing_env(database_url))
+        except (PersistenceInternalError, IntegrityError) as error:
+            if not any(race in str(error) for race in _DDL_RACES) or attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 # The library's recorder pipelines one INSERT … RETURNING per event. Measured here: one call

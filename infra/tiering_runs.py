@@ -3,10 +3,11 @@ TierAssigned appended in large batches only where the tier changes (or there was
 
 The run does not load a Customer aggregate per customer: it reads each customer's version and
 computed tier from the read model (after waiting until that has caught up with the log) and
-appends `Customer.TierAssigned` at the next version through the library's recorder, a thousand
-per transaction. The store refuses an event whose version is taken, so a customer changed
-concurrently makes its batch fail; that batch is then redone one customer at a time through the
-aggregate (load, assign_tier, save), which skips nobody and overwrites nothing.
+appends `Customer.TierAssigned` at the next version with COPY, COPY_BATCH per transaction under
+the recorder's own lock. The store refuses an event whose version is taken, so a customer changed
+concurrently makes its batch fail; that batch is then redone in bounded recorder calls and, where
+one fails again, one customer at a time through the aggregate (load, assign_tier, save), which
+skips nobody and overwrites nothing.
 """
 
 from __future__ import annotations

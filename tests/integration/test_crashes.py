@@ -182,3 +182,29 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def _open_and_close(url: str) -> int:
+    from crm.infra.event_store import open_event_store
+
+    open_event_store(url).close()
+    return 1
+
+
+def test_processes_that_open_the_store_together_all_start(database_url) -> None:  # type: ignore[no-untyped-def]
+    """`crm up` starts its processes at once; each runs the library's CREATE ... IF NOT EXISTS.
+    Concurrently, PostgreSQL refused some of them (duplicate catalog key on a new database,
+    "tuple concurrently updated" on an existing one): a process died at start (seen in make bench)."""
+    import multiprocessing
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import _with_database
+
+    name = f"crm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(database_url, name)
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        assert [sum(pool.map(_open_and_close, [url] * 6)) for _ in range(3)] == [6, 6, 6]
