@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import gc
+import threading
 from contextlib import contextmanager
 from typing import Iterator
+
+
+_lock = threading.Lock()
+_depth = 0  # pauses in force, over all threads
+_resume = False  # whether the collector was on when the first of them began
 
 
 @contextmanager
@@ -15,12 +21,19 @@ def cycle_collector_paused() -> Iterator[None]:
     (no cycles): every collection walks all of them again. It ran every ~100 records in the
     relay (~8 % of its CPU) and was a fifth of a million-customer re-tier run. Process-wide, so
     only around CPU-bound work (a run's grading and encoding, a relay batch), not around
-    open-ended waits; whatever garbage
-    other threads make meanwhile is collected as usual right after."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    open-ended waits; whatever garbage other threads make meanwhile is collected as usual right
+    after. Pauses of several threads (a run's two fetches, the relay beside a run) are counted:
+    the collector comes back when the last one ends, not when the first does."""
+    global _depth, _resume
+    with _lock:
+        if _depth == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _resume:
+                gc.enable()

@@ -257,7 +257,8 @@ def _stored_events(store: CrmEventStore, batch: list[Outcome], policy_version: i
     or compressor), the whole batch goes through the mapper instead."""
     mapper = store.mapper
     first = _event(batch[0], policy_version, run_id, as_of, now)
-    topic = mapper.to_stored_event(first).topic
+    reference = _row(mapper.to_stored_event(first))  # the mapper's bytes for the batch's first event
+    topic = reference[2]
     encoder = mapper.transcoder.encoder  # type: ignore[attr-defined]
     fixed = {"timestamp": encoder.default(now), "policy_version": policy_version, "run_id": str(run_id),
              "occurred_at": encoder.default(as_of), "actor": ACTOR}
@@ -270,7 +271,9 @@ def _stored_events(store: CrmEventStore, batch: list[Outcome], policy_version: i
             shape = (o.score is None, o.previous is None, o.ranked is None)
             if shape not in checked:
                 checked.add(shape)
-                if _row(mapper.to_stored_event(_event(o, policy_version, run_id, as_of, now))) != row:
+                mapped = reference if o is batch[0] else _row(
+                    mapper.to_stored_event(_event(o, policy_version, run_id, as_of, now)))
+                if mapped != row:
                     break
         else:
             return stored
