@@ -213,3 +213,34 @@ def test_health_shows_each_projection_position(admin, anonymous) -> None:
     projections = anonymous.get("/health").json()["projections"]
     assert set(projections) == {"customers", "sales", "complaints"}
     assert all(position >= made.json()["position"] for position in projections.values())
+
+
+def test_the_360_views_next_special_day_is_the_one_the_upcoming_days_sql_finds(fresh_system) -> None:
+    """The 360 view finds the next special day in Python; the care list in SQL (UPCOMING_DAYS).
+    Both must agree on every day of a leap year and the years around it, 29 February included."""
+    from datetime import date
+
+    from crm.queries.customers import UPCOMING_DAYS, customer_360
+
+    rt, admin = fresh(fresh_system)
+    made = [admin.post("/v1/customers", json=body).json()["id"] for body in (
+        {"name": "Leap", "birthday": "2000-02-29", "special_days": [{"label": "eve", "date": "1999-12-31"}]},
+        {"name": "Ties", "birthday": "1980-01-01", "special_days": [{"label": "a-day", "date": "1990-01-01"},
+                                                                     {"label": "march", "date": "1990-03-01"}]},
+        {"name": "Nothing"}, {"name": "Gone", "birthday": "1970-05-05"})]
+    last = admin.post(f"/v1/customers/{made[-1]}/deactivate")  # an inactive customer's days are not listed
+    assert last.status_code == 200, last.text
+    admin.get(f"/v1/customers/{made[-1]}", headers=after(last))  # the read models have caught up
+    days = [date(2027, 1, 1) + timedelta(days=n) for n in range(0, 3 * 366, 3)] + \
+        [date(2028, 2, 27), date(2028, 2, 28), date(2028, 2, 29), date(2028, 3, 1), date(2027, 2, 28)]
+    compared = 0
+    for customer_id in made:
+        for today in days:
+            rows = rt.reads.all(UPCOMING_DAYS + " LIMIT 1", {"today": today, "days": 366,
+                                                             "customer": uuid.UUID(customer_id)})
+            expected = {k: rows[0][k] for k in ("label", "date", "days_ahead")} if rows else None
+            view = customer_360(rt.reads, uuid.UUID(customer_id), today)
+            found = view.next_special_day.model_dump() if view.next_special_day else None
+            assert found == expected, (customer_id, today)
+            compared += expected is not None
+    assert compared == 2 * len(days)  # the two with special days always have one within a year
