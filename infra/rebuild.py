@@ -68,7 +68,7 @@ def _read(store: CrmEventStore, writer: ReadModelProjection, after: int, limit: 
     notifications = store.recorder.select_notifications(start=after + 1, limit=limit,
                                                         topics=writer.handled_topics())
     store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
-    return [(writer.writes_for(store.mapper.to_domain_event(n)), n.id) for n in notifications]
+    return [(writer.writes(store.mapper.to_domain_event(n)), n.id) for n in notifications]
 
 
 def _swap(store: CrmEventStore, view: ProjectionView, writer: ReadModelProjection,
