@@ -70,6 +70,7 @@ class GroupCommitter:
                     self._changed.notify_all()
         if request.error is not None:
             raise request.error
+        self.store.take_due_snapshots(aggregates, events)
         return request.position
 
     def _take(self) -> list[_Request]:

@@ -10,7 +10,8 @@ is stored, and the stored event carries only the ciphertext plus the names of th
 Erasure (`PersonalDataErased`) replaces the key by a tombstone. From then on every reader (the
 aggregate, projections, rebuilds, the relay, the audit history) decodes those fields as `ERASED`,
 the stored bytes never change, so the hash chain still verifies, and business facts (orders,
-profit, complaints) are untouched. The associated data of each seal is the event's id and
+profit, complaints) are untouched. Customer snapshots (the aggregate's state, kept outside the
+log) seal the profile's personal fields the same way. The associated data of each seal is the event's id and
 version, so ciphertext cannot be moved to another event.
 
 Keys are cached per process for KEY_TTL seconds; a process that sees the erasure event (or erases)
@@ -48,6 +49,8 @@ ERASED: dict[str, Any] = {"name": "[erased]", "email": None, "phone": None, "bir
 CUSTOMER_FIELDS = ("name", "email", "phone", "birthday", "special_days")
 REGISTERED, PROFILE_UPDATED = get_topic(Customer.Registered), get_topic(Customer.ProfileUpdated)
 CUSTOMER_NOTIFIED, ERASURE = get_topic(Complaint.CustomerNotified), get_topic(Customer.PersonalDataErased)
+SNAPSHOT = get_topic(Customer.Snapshot)
+SEALED_TOPICS = (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED, SNAPSHOT)
 
 KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
@@ -158,6 +161,10 @@ def _personal_part(topic: str, state: dict[str, Any]) -> tuple[UUID | None, dict
     if topic == PROFILE_UPDATED:
         changes = state["changes"] = dict(state["changes"])
         return state["originator_id"], changes, {f: changes[f] for f in CUSTOMER_FIELDS if f in changes}
+    if topic == SNAPSHOT:  # the customer's profile inside its aggregate state
+        aggregate = state["state"] = dict(state["state"])
+        profile = aggregate["profile"] = dict(aggregate["profile"])
+        return state["originator_id"], profile, {f: profile[f] for f in CUSTOMER_FIELDS if f in profile}
     if topic == CUSTOMER_NOTIFIED and state.get("customer_id") is not None:
         return state["customer_id"], state, {"address": state["address"]}
     return None, state, {}
@@ -176,7 +183,7 @@ class PersonalDataMapper(Mapper[UUID]):
         topic = get_topic(type(domain_event))
         if topic == ERASURE:
             self.keys.forget(domain_event.originator_id, erased=False)  # re-read: the tombstone follows
-        if topic not in (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED):
+        if topic not in SEALED_TOPICS:
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         owner, holder, personal = _personal_part(topic, state)
@@ -203,7 +210,8 @@ class PersonalDataMapper(Mapper[UUID]):
         state = vars(domain_event)
         seal = state.pop(FIELD, None)
         if seal is not None:
-            holder = state["changes"] if stored_event.topic == PROFILE_UPDATED else state
+            holder = state["changes"] if stored_event.topic == PROFILE_UPDATED else \
+                state["state"]["profile"] if stored_event.topic == SNAPSHOT else state
             holder.update(self._open(seal, stored_event))
         return domain_event
 
@@ -224,7 +232,7 @@ class PersonalDataMapper(Mapper[UUID]):
         """Load the keys a batch of stored events will need, in one query."""
         owners = []
         for stored in stored_events:
-            if stored.topic in (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED) and b'"' + FIELD.encode() in stored.state:
+            if stored.topic in SEALED_TOPICS and b'"' + FIELD.encode() in stored.state:
                 owners.append(_owner(stored))
         if owners:
             self.keys.prefetch(owners)

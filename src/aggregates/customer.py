@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Snapshot as LibrarySnapshot
 
 from crm.aggregates.errors import InvalidValueError, RuleViolationError
 from crm.aggregates.values import optional_text, require_email, require_text, require_tier
@@ -62,6 +63,17 @@ def check_profile(fields: dict[str, Any]) -> dict[str, Any]:
 
 class Customer(Aggregate):
     """A customer relationship: who they are, how we serve them, which tier they hold."""
+
+    class Snapshot(LibrarySnapshot):
+        """The customer's state at a version, so a long history is not replayed for every command
+        (the store takes one every SNAPSHOT_INTERVAL events). Its personal fields are sealed under
+        the customer's key like the events' (crm.infra.personal_data). JSON has no tuples: the
+        tier log's entries come back as the tuples the events make."""
+
+        def mutate(self, _: None) -> Customer:
+            customer = super().mutate(_)
+            customer.tier_log = [tuple(entry) for entry in customer.tier_log]
+            return customer  # type: ignore[return-value]
 
     @classmethod
     def register(cls, *, occurred_at: datetime, actor: str, **profile: Any) -> Customer:
