@@ -49,13 +49,13 @@ def main() -> None:
         customer = long_customer(store, events)
         store.take_snapshot(customer.id, version=max(1, events - (SNAPSHOT_INTERVAL - 1)))
         replay = median_ms(lambda: reduce(lambda a, e: e.mutate(a), store.events.get(customer.id), None))
-        loaded = median_ms(lambda: store.repository.get(customer.id))
-        assert vars(store.repository.get(customer.id)) == vars(reduce(lambda a, e: e.mutate(a),
+        loaded = median_ms(lambda: store.customers.get(customer.id))
+        assert vars(store.customers.get(customer.id)) == vars(reduce(lambda a, e: e.mutate(a),
                                                                       store.events.get(customer.id), None))
         print(f"| {events:,} | {replay:.1f} | {loaded:.1f} | {replay / loaded:.1f} × |")
     short = long_customer(store, 10)  # most customers: no snapshot yet, and the lookup finds none
     lookup = median_ms(lambda: list(store.snapshots.get(short.id, desc=True, limit=1)), 21)  # type: ignore[union-attr]
-    loaded = median_ms(lambda: store.repository.get(short.id), 21)
+    loaded = median_ms(lambda: store.customers.get(short.id), 21)
     print(f"\nA customer of 10 events: the snapshot lookup every load now makes costs {lookup:.2f} ms "
           f"of a {loaded:.2f} ms load.")
 

@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any, Iterable, Iterator, Mapping
 
 import structlog
-from eventsourcing.application import Application
+from eventsourcing.application import Application, Repository, project_aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
 from eventsourcing.persistence import InternalError as PersistenceInternalError
 from psycopg import errors, sql
@@ -42,8 +42,11 @@ class CrmEventStore(Application[Any]):
     """All aggregates of crm in one application, so one notification log gives the total order.
 
     Customers, the long-lived aggregates here, are snapshotted (table crm_snapshots, outside the
-    notification log and the hash chain: a snapshot is a cache of what the events say, and the
-    repository loads the newest one plus the events after it)."""
+    notification log and the hash chain: a snapshot is a cache of what the events say). The
+    `customers` repository loads the newest snapshot plus the events after it; the default
+    `repository` only replays events, so loads of complaints, orders and products make no
+    snapshot lookup (with one on every load, the SLA saga's breach lateness went from p50 20 ms,
+    p99 202 ms to p50 244 ms, p99 872 ms in `bench.sla`)."""
 
     name = "crm"
     snapshotting_intervals = {Customer: SNAPSHOT_INTERVAL}
@@ -62,6 +65,17 @@ class CrmEventStore(Application[Any]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(DateAsISO())
+
+    def construct_repository(self) -> Repository[Any]:
+        self.customers: Repository[Any] = Repository(event_store=self.events, snapshot_store=self.snapshots)
+        return Repository(event_store=self.events)
+
+    def take_snapshot(self, aggregate_id: Any, version: int | None = None,
+                      projector_func: Any = project_aggregate) -> None:
+        """The library's, loading through the repository that starts from the last snapshot."""
+        aggregate = self.customers.get(aggregate_id, version=version, projector_func=projector_func)
+        assert self.snapshots is not None
+        self.snapshots.put([type(aggregate).Snapshot.take(aggregate)])
 
     def take_due_snapshots(self, aggregates: Iterable[Any], events: Iterable[Any]) -> None:
         """The library's rule for saves outside Application.save (group commit): a snapshot when

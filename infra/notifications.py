@@ -120,7 +120,7 @@ class Notifier:
 
     def _resolution(self, key: str, confirmed: Complaint) -> tuple[Letter, str | None]:
         """The customer's letter for this confirmation, and why it is not to be sent (or None)."""
-        customer = self.store.repository.get(confirmed.customer_id)
+        customer = self.store.customers.get(confirmed.customer_id)
         current = self.store.repository.get(confirmed.id)
         recipient = customer.profile.get("email") or ""
         letter = resolution_letter(key, recipient, customer_name=customer.profile.get("name"),

@@ -359,7 +359,7 @@ def _event(o: Outcome, policy_version: int, run_id: uuid.UUID, as_of: datetime, 
 
 
 def _assign_one(store: CrmEventStore, o: Outcome, policy_version: int, run_id: uuid.UUID, as_of: datetime) -> int:
-    customer = store.repository.get(o.customer_id)
+    customer = store.customers.get(o.customer_id)
     if customer.tier == o.tier or not customer.active:
         return 0  # someone else's change made this one unnecessary
     customer.assign_tier(tier=o.tier, score=o.score, indicators=o.indicators, policy_version=policy_version,

@@ -53,7 +53,9 @@ class EventStoreUnitOfWork:
 
     def find(self, kind: type[A], aggregate_id: UUID) -> A | None:
         try:
-            aggregate = self.store.repository.get(aggregate_id)
+            snapshotted = kind in self.store.snapshotting_intervals  # customers: from their last snapshot
+            repository = self.store.customers if snapshotted else self.store.repository
+            aggregate = repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, kind) else None
