@@ -11,8 +11,8 @@ Erasure (`PersonalDataErased`) replaces the key by a tombstone. From then on eve
 aggregate, projections, rebuilds, the relay, the audit history) decodes those fields as `ERASED`,
 the stored bytes never change, so the hash chain still verifies, and business facts (orders,
 profit, complaints) are untouched. Customer snapshots (the aggregate's state, kept outside the
-log) seal the profile's personal fields the same way. The associated data of each seal is the event's id and
-version, so ciphertext cannot be moved to another event.
+log) seal the profile's personal fields the same way. The associated data of each seal is the
+event's id and version, so ciphertext cannot be moved to another event.
 
 Keys are cached per process for KEY_TTL seconds; a process that sees the erasure event (or erases)
 drops the key at once, and any other process stops using it within KEY_TTL.
