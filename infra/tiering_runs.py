@@ -12,7 +12,6 @@ skips nobody and overwrites nothing.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections import deque
