@@ -5,12 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
-from datetime import datetime, timezone
 
 from eventsourcing.persistence import Tracking
 from psycopg_pool import ConnectionPool
 
-from crm.aggregates.customer import Customer
 from crm.infra.audit_chain import HashChainer
 from crm.infra.audit_history import history
 from crm.infra.audit_verify import verify
@@ -21,7 +19,7 @@ from crm.commands.bus import dispatch
 from crm.commands.customers import RegisterCustomer
 from crm.infra.relay import Relay, RelayThread, forget_position
 from crm.infra.unit_of_work import EventStoreUnitOfWork
-from crm.infra.event_store import insert_in_safe_calls
+from bench.workload import long_history_customer
 
 
 def relay_events_per_s(store: CrmEventStore, url: str) -> float:
@@ -55,11 +53,7 @@ def verify_events_per_s(store: CrmEventStore, url: str, pool: ConnectionPool, re
 
 def audit_history_10k_ms(store: CrmEventStore, url: str, pool: ConnectionPool, repeat: int) -> float:
     """A customer with 10,000 visits (appended through the recorder), its full history read to the end."""
-    customer = Customer.register(name="Long History", occurred_at=datetime.now(timezone.utc), actor="bench")
-    for day in range(9_999):
-        customer.record_visit(visited_on=datetime(2020, 1, 1).date(), by="rep", notes=None,
-                              occurred_at=datetime.now(timezone.utc), actor="bench")
-    insert_in_safe_calls(store, [store.mapper.to_stored_event(e) for e in customer.collect_events()])
+    customer = long_history_customer(store, 10_000)
     HashChainer(store, url).catch_up()
     timings = []
     for _ in range(repeat):

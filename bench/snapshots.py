@@ -12,12 +12,11 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from datetime import date, datetime, timezone
 from functools import reduce
 from pathlib import Path
 
-from crm.aggregates.customer import Customer
-from crm.infra.event_store import SNAPSHOT_INTERVAL, CrmEventStore, insert_in_safe_calls, open_event_store
+from bench.workload import long_history_customer
+from crm.infra.event_store import SNAPSHOT_INTERVAL, open_event_store
 from crm.infra.logging import configure_logging
 from crm.infra.postgres import start_embedded
 
@@ -31,29 +30,20 @@ def median_ms(load, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(timings)
 
 
-def long_customer(store: CrmEventStore, events: int) -> Customer:
-    at = datetime.now(timezone.utc)
-    customer = Customer.register(name="Long History", email="long@example.com", occurred_at=at, actor="bench")
-    while customer.version < events:
-        customer.record_visit(visited_on=date(2020, 1, 1), by="rep", notes=None, occurred_at=at, actor="bench")
-    insert_in_safe_calls(store, [store.mapper.to_stored_event(e) for e in customer.collect_events()])
-    return customer
-
-
 def main() -> None:
     configure_logging("WARNING", json=True)
     store = open_event_store(start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-snapshots-"))))
     print("| events | replay every event (ms) | newest snapshot + the events after it (ms) | ratio |")
     print("|---|---|---|---|")
     for events in (100, 1_000, 10_000):
-        customer = long_customer(store, events)
+        customer = long_history_customer(store, events)
         store.take_snapshot(customer.id, version=max(1, events - (SNAPSHOT_INTERVAL - 1)))
         replay = median_ms(lambda: reduce(lambda a, e: e.mutate(a), store.events.get(customer.id), None))
         loaded = median_ms(lambda: store.customers.get(customer.id))
         assert vars(store.customers.get(customer.id)) == vars(reduce(lambda a, e: e.mutate(a),
                                                                       store.events.get(customer.id), None))
         print(f"| {events:,} | {replay:.1f} | {loaded:.1f} | {replay / loaded:.1f} × |")
-    short = long_customer(store, 10)  # most customers: no snapshot yet, and the lookup finds none
+    short = long_history_customer(store, 10)  # most customers: no snapshot yet, and the lookup finds none
     lookup = median_ms(lambda: list(store.snapshots.get(short.id, desc=True, limit=1)), 21)  # type: ignore[union-attr]
     loaded = median_ms(lambda: store.customers.get(short.id), 21)
     print(f"\nA customer of 10 events: the snapshot lookup every load now makes costs {lookup:.2f} ms "

@@ -11,7 +11,7 @@ from crm.aggregates.customer import Customer
 from crm.aggregates.order import Order
 from crm.aggregates.product import Product
 from crm.aggregates.sla import DEFAULT_SLA_POLICY
-from crm.infra.event_store import CrmEventStore
+from crm.infra.event_store import CrmEventStore, insert_in_safe_calls
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -48,3 +48,14 @@ def write_history(store: CrmEventStore, customers: int, *, seed: int = 7, per_sa
             pending = []
     store.save(*pending)
     return store.position()
+
+
+def long_history_customer(store: CrmEventStore, events: int) -> Customer:
+    """A customer registered and then visited until it has `events` events, appended through the
+    recorder in bounded calls (for the audit-history and snapshot benchmarks)."""
+    at = datetime.now(timezone.utc)
+    customer = Customer.register(name="Long History", occurred_at=at, actor="bench")
+    while customer.version < events:
+        customer.record_visit(visited_on=date(2020, 1, 1), by="rep", notes=None, occurred_at=at, actor="bench")
+    insert_in_safe_calls(store, [store.mapper.to_stored_event(e) for e in customer.collect_events()])
+    return customer
