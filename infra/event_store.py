@@ -45,8 +45,8 @@ class CrmEventStore(Application[Any]):
     notification log and the hash chain: a snapshot is a cache of what the events say). The
     `customers` repository loads the newest snapshot plus the events after it; the default
     `repository` only replays events, so loads of complaints, orders and products make no
-    snapshot lookup (with one on every load, the SLA saga's breach lateness went from p50 20 ms,
-    p99 202 ms to p50 244 ms, p99 872 ms in `bench.sla`)."""
+    snapshot lookup (with one on every load, the SLA saga fell behind: p99 breach lateness
+    202 -> 872 ms in `python -m bench.sla`; BENCHMARKS.md)."""
 
     name = "crm"
     snapshotting_intervals = {Customer: SNAPSHOT_INTERVAL}
