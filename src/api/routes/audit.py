@@ -17,10 +17,11 @@ from pydantic import AfterValidator, BaseModel
 from crm.api.auth import Principal
 from crm.api.deps import caller, ensure_role
 from crm.api.reads import only
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import FIRST_INSTANT, LAST_INSTANT
 from crm.infra import audit
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/v1/audit", tags=["audit"], route_class=OneHopRoute)
 NDJSON = "application/x-ndjson"
 LINES_PER_CHUNK = 2_000
 

@@ -7,11 +7,12 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response
 
 from crm.api.deps import ComplaintFiler, ComplaintHandler, ComplaintRater, IfMatch, execute
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import ComplaintFiled, ComplaintStatus
 from crm.api.auth import Principal
 from crm.commands import complaints as k
 
-router = APIRouter(prefix="/v1/complaints", tags=["complaints"])
+router = APIRouter(prefix="/v1/complaints", tags=["complaints"], route_class=OneHopRoute)
 
 
 @router.post("", status_code=201, response_model=ComplaintFiled)

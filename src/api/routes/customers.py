@@ -7,10 +7,11 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response
 
 from crm.api.deps import CustomersEraser, CustomersWriter, IfMatch, execute
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import WriteResult
 from crm.commands import customers as c
 
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=OneHopRoute)
 
 
 @router.post("", status_code=201, response_model=WriteResult)

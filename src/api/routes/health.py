@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-router = APIRouter(tags=["health"])
+from crm.api.routing import OneHopRoute
+
+router = APIRouter(tags=["health"], route_class=OneHopRoute)
 
 
 @router.get("/health/live")

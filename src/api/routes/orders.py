@@ -7,10 +7,11 @@ from uuid import UUID
 from fastapi import APIRouter, Request, Response
 
 from crm.api.deps import IfMatch, OrdersWriter, execute
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import OrderPlaced, OrderStatus
 from crm.commands import orders as o
 
-router = APIRouter(prefix="/v1/orders", tags=["orders"])
+router = APIRouter(prefix="/v1/orders", tags=["orders"], route_class=OneHopRoute)
 
 
 @router.post("", status_code=201, response_model=OrderPlaced)

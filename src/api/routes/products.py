@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from crm.api.deps import IfMatch, ProductsWriter, execute
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import ProductWritten
 from crm.commands import products as p
 
-router = APIRouter(prefix="/v1/products", tags=["products"])
+router = APIRouter(prefix="/v1/products", tags=["products"], route_class=OneHopRoute)
 
 
 @router.post("", status_code=201, response_model=ProductWritten)

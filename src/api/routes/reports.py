@@ -11,11 +11,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.api.reads import Reads, Today, only, read_your_writes
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import FIRST_DAY, LAST_DAY, MAX_PAGE_REQUEST
 from crm.queries import care, reports
 from crm.queries.base import period
 
-router = APIRouter(prefix="/v1", tags=["reports"], dependencies=[Depends(read_your_writes)])
+router = APIRouter(prefix="/v1", tags=["reports"], dependencies=[Depends(read_your_writes)],
+                   route_class=OneHopRoute)
 Reader = Annotated[Principal, Depends(allowed("reports.read"))]
 From = Annotated[date | None, Query(alias="from", ge=FIRST_DAY, le=LAST_DAY,
                                     description="first day (UTC), default 1 January; 1900-01-01 .. 2100-12-31")]

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.aggregates.sla import DEFAULT_SLA_POLICY, SlaPolicy
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import ClockTime, Fraction, IsoDay, PolicyKey, SlaDuration, TimeZoneName
 
-router = APIRouter(prefix="/v1/sla", tags=["sla"])
+router = APIRouter(prefix="/v1/sla", tags=["sla"], route_class=OneHopRoute)
 Manager = Annotated[Principal, Depends(allowed("sla.manage"))]
 Reader = Annotated[Principal, Depends(allowed("reports.read"))]
 

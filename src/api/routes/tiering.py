@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.aggregates.tiering import MAX_VISITS_PER_YEAR, MAX_WINDOW_DAYS, TieringPolicy
+from crm.api.routing import OneHopRoute
 from crm.api.schemas import Fraction, Percent, PolicyKey, SaneInstant
 
-router = APIRouter(prefix="/v1/tiering", tags=["tiering"])
+router = APIRouter(prefix="/v1/tiering", tags=["tiering"], route_class=OneHopRoute)
 Manager = Annotated[Principal, Depends(allowed("tiering.manage"))]
 Reader = Annotated[Principal, Depends(allowed("reports.read"))]
 
