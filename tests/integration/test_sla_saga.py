@@ -13,6 +13,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from crm.aggregates.complaint import Complaint
 from crm.infra.sla_saga import SlaSaga
@@ -228,3 +229,66 @@ def test_killing_the_saga_process_at_random_points_records_each_breach_once(fres
     for kid in ids:
         names = events_of(rt, kid)
         assert names.count("SlaBreached") == 1 and names.count("SlaWarningIssued") == 1, names
+
+
+def _file_a_tier(admin, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+    customer = tiered_customer(admin, "A")
+    return [admin.post("/v1/complaints", json={"customer_id": customer, "category": "c", "description": "d"}
+                       ).json()["id"] for _ in range(count)]
+
+
+def test_deadlines_due_together_are_recorded_in_one_transaction(virtual, monkeypatch) -> None:
+    """A round of due deadlines waits for one WAL flush, not one per deadline; each complaint is
+    loaded once, and its warning comes before its breach."""
+    rt, admin, clock, saga = virtual
+    kids = _file_a_tier(admin, 30)
+    settle(saga)
+    saves: list[int] = []
+    save = rt.store.save
+    monkeypatch.setattr(rt.store, "save", lambda *aggregates: saves.append(len(aggregates)) or save(*aggregates))
+    clock.advance(days=5)
+    assert saga.fire_due() == 60
+    assert saves == [30]
+    for kid in kids:
+        assert events_of(rt, kid)[1:] == ["SlaWarningIssued", "SlaBreached"]
+    settle(saga)
+    assert saga.pending() == 0
+
+
+def test_a_complaint_changed_while_its_group_fires_leaves_every_deadline_recorded_once(virtual, monkeypatch) -> None:
+    """The group's save conflicts (a handler wrote to one complaint after the saga loaded it):
+    nothing of the group is stored, and each deadline is fired again on its own."""
+    rt, admin, clock, saga = virtual
+    kids = _file_a_tier(admin, 5)
+    settle(saga)
+    clock.advance(days=5)
+    get, touched = rt.store.repository.get, []
+
+    def get_then_change(complaint_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        complaint = get(complaint_id, *args, **kwargs)
+        if str(complaint_id) == kids[2] and not touched:  # once (the note's own load comes through here too)
+            touched.append("racing")
+            touched[0] = admin.post(f"/v1/complaints/{kids[2]}/notes", json={"text": "called", "by": "ann"}).status_code
+        return complaint
+
+    monkeypatch.setattr(rt.store.repository, "get", get_then_change)
+    saves: list[tuple[int, bool]] = []
+    save = rt.store.save
+
+    def recorded_save(*aggregates):  # type: ignore[no-untyped-def]
+        try:
+            result = save(*aggregates)
+        except IntegrityError:
+            saves.append((len(aggregates), False))
+            raise
+        saves.append((len(aggregates), True))
+        return result
+
+    monkeypatch.setattr(rt.store, "save", recorded_save)
+    assert saga.fire_due() == 10
+    assert saves[0] == (5, False) and saves[1:] == [(1, True)] * 10  # the group refused, then one by one
+    assert touched == [200]  # the note was recorded between the load and the save
+    for kid in kids:
+        names = events_of(rt, kid)
+        assert names.count("SlaWarningIssued") == 1 and names.count("SlaBreached") == 1, (kid, names)
+    assert len(events_of(rt, kids[2])) == 4  # filed, the note, the warning and the breach: the note kept
