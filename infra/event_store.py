@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 import time
 from datetime import date
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import structlog
-from eventsourcing.application import Application, Repository, project_aggregate
+from eventsourcing.application import Application, ProcessingEvent, Repository, project_aggregate
 from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
 from eventsourcing.persistence import InternalError as PersistenceInternalError
 from psycopg import errors, sql
@@ -77,19 +77,15 @@ class CrmEventStore(Application[Any]):
         assert self.snapshots is not None
         self.snapshots.put([type(aggregate).Snapshot.take(aggregate)])
 
-    def take_due_snapshots(self, aggregates: Iterable[Any], events: Iterable[Any]) -> None:
-        """The library's rule for saves outside Application.save (group commit): a snapshot when
-        a saved event's version is a multiple of the aggregate's interval. The events are stored
-        already, so a snapshot that fails is logged and skipped (the next interval takes one)."""
-        kinds = {aggregate.id: type(aggregate) for aggregate in aggregates}
-        for saved in events:
-            interval = self.snapshotting_intervals.get(kinds.get(saved.originator_id))  # type: ignore[arg-type]
-            if interval and saved.originator_version % interval == 0:
-                try:
-                    self.take_snapshot(saved.originator_id, version=saved.originator_version)
-                except Exception as error:  # noqa: BLE001 - the command itself succeeded
-                    log.warning("snapshot.failed", aggregate=str(saved.originator_id),
-                                version=saved.originator_version, error=repr(error)[:200])
+    def take_due_snapshots(self, processing: ProcessingEvent[Any]) -> None:
+        """The library's snapshot rule (`_take_snapshots`, as `save` applies it) for saves made
+        outside `save` (group commit). The events are stored already, so a snapshot that fails is
+        logged and skipped (the next interval takes one)."""
+        try:
+            self._take_snapshots(processing)
+        except Exception as error:  # noqa: BLE001 - the command itself succeeded
+            log.warning("snapshot.failed", aggregates=[str(a) for a in processing.aggregates],
+                        error=repr(error)[:200])
 
     def position(self) -> int:
         """The global position of the newest stored event (0 when empty)."""

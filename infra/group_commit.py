@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from crm.infra.event_store import MAX_CALL_BYTES
@@ -47,7 +48,9 @@ class GroupCommitter:
         """Store the aggregates' pending events in one transaction (shared with other callers);
         the position of the last of them, or None if there were none. Raises IntegrityError if
         an aggregate was changed concurrently (nothing of this call is stored then)."""
-        events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+        processing: ProcessingEvent[Any] = ProcessingEvent()
+        processing.collect_events(*aggregates)
+        events = processing.events
         if not events:
             return None
         stored = [self.store.mapper.to_stored_event(event) for event in events]
@@ -70,7 +73,7 @@ class GroupCommitter:
                     self._changed.notify_all()
         if request.error is not None:
             raise request.error
-        self.store.take_due_snapshots(aggregates, events)
+        self.store.take_due_snapshots(processing)
         return request.position
 
     def _take(self) -> list[_Request]:
