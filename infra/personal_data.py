@@ -50,7 +50,11 @@ CUSTOMER_FIELDS = ("name", "email", "phone", "birthday", "special_days")
 REGISTERED, PROFILE_UPDATED = get_topic(Customer.Registered), get_topic(Customer.ProfileUpdated)
 CUSTOMER_NOTIFIED, ERASURE = get_topic(Complaint.CustomerNotified), get_topic(Customer.PersonalDataErased)
 SNAPSHOT = get_topic(Customer.Snapshot)
-SEALED_TOPICS = (REGISTERED, PROFILE_UPDATED, CUSTOMER_NOTIFIED, SNAPSHOT)
+# Where the events of each sealed topic keep their personal fields: a path of keys into the state
+# (sealing and opening both follow it, so a new sealed topic is one entry here).
+HOLDERS: dict[str, tuple[str, ...]] = {REGISTERED: (), PROFILE_UPDATED: ("changes",), CUSTOMER_NOTIFIED: (),
+                                       SNAPSHOT: ("state", "profile")}  # a customer's profile in its state
+SEALED_TOPICS = tuple(HOLDERS)
 
 KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
@@ -160,19 +164,24 @@ class KeyStore:
 
 
 def _personal_part(topic: str, state: dict[str, Any]) -> tuple[UUID | None, dict[str, Any], dict[str, Any]]:
-    """(owning customer, the personal fields, where they live) of an event's state; no owner if none."""
-    if topic == REGISTERED:
-        return state["originator_id"], state, {f: state[f] for f in CUSTOMER_FIELDS if f in state}
-    if topic == PROFILE_UPDATED:
-        changes = state["changes"] = dict(state["changes"])
-        return state["originator_id"], changes, {f: changes[f] for f in CUSTOMER_FIELDS if f in changes}
-    if topic == SNAPSHOT:  # the customer's profile inside its aggregate state
-        aggregate = state["state"] = dict(state["state"])
-        profile = aggregate["profile"] = dict(aggregate["profile"])
-        return state["originator_id"], profile, {f: profile[f] for f in CUSTOMER_FIELDS if f in profile}
-    if topic == CUSTOMER_NOTIFIED and state.get("customer_id") is not None:
-        return state["customer_id"], state, {"address": state["address"]}
-    return None, state, {}
+    """(owning customer, where the personal fields live, the personal fields) of an event's state,
+    the dicts on the way copied (the domain event keeps its own); no owner if none."""
+    owner = state.get("customer_id") if topic == CUSTOMER_NOTIFIED else state["originator_id"]
+    if topic not in HOLDERS or owner is None:
+        return None, state, {}
+    holder = _holder(topic, state, copy=True)
+    fields = ("address",) if topic == CUSTOMER_NOTIFIED else CUSTOMER_FIELDS
+    return owner, holder, {f: holder[f] for f in fields if f in holder}
+
+
+def _holder(topic: str, state: dict[str, Any], *, copy: bool) -> dict[str, Any]:
+    """The dict of an event's state that holds the topic's personal fields (HOLDERS)."""
+    holder = state
+    for name in HOLDERS[topic]:
+        if copy:
+            holder[name] = dict(holder[name])
+        holder = holder[name]
+    return holder
 
 
 def _aad(originator_id: Any, version: int) -> bytes:
@@ -215,9 +224,7 @@ class PersonalDataMapper(Mapper[UUID]):
         state = vars(domain_event)
         seal = state.pop(FIELD, None)
         if seal is not None:
-            holder = state["changes"] if stored_event.topic == PROFILE_UPDATED else \
-                state["state"]["profile"] if stored_event.topic == SNAPSHOT else state
-            holder.update(self._open(seal, stored_event))
+            _holder(stored_event.topic, state, copy=False).update(self._open(seal, stored_event))
         return domain_event
 
     def _open(self, seal: dict[str, Any], stored_event: StoredEvent) -> dict[str, Any]:
