@@ -292,3 +292,30 @@ def test_a_complaint_changed_while_its_group_fires_leaves_every_deadline_recorde
         names = events_of(rt, kid)
         assert names.count("SlaWarningIssued") == 1 and names.count("SlaBreached") == 1, (kid, names)
     assert len(events_of(rt, kids[2])) == 4  # filed, the note, the warning and the breach: the note kept
+
+
+def test_a_deadline_that_meets_a_change_twice_stays_due_and_fires_in_the_next_round(virtual, monkeypatch) -> None:
+    """Handlers keep writing to a complaint while the saga fires it (the group's load and the
+    retry's): its marks are not lost, the next round records them."""
+    rt, admin, clock, saga = virtual
+    kids = _file_a_tier(admin, 3)
+    settle(saga)
+    clock.advance(days=5)
+    get, notes = rt.store.repository.get, []
+
+    def get_then_change(complaint_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        complaint = get(complaint_id, *args, **kwargs)
+        if str(complaint_id) == kids[1] and len(notes) < 2 and "writing" not in notes:
+            notes.append("writing")  # the note's own load comes through here too
+            notes[-1] = admin.post(f"/v1/complaints/{kids[1]}/notes", json={"text": "called", "by": "ann"}).status_code
+        return complaint
+
+    monkeypatch.setattr(rt.store.repository, "get", get_then_change)
+    assert saga.fire_due() == 5  # the others' warnings and breaches, and its breach (retried unraced)
+    assert notes == [200, 200]  # one note raced the group's save, the other its warning's retry
+    assert saga.pending() == 6  # nothing dropped: its warning stays due (fired ones go when the saga follows)
+    settle(saga)
+    for kid in kids:
+        names = events_of(rt, kid)
+        assert names.count("SlaWarningIssued") == 1 and names.count("SlaBreached") == 1, (kid, names)
+    assert saga.pending() == 0
