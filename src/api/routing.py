@@ -4,8 +4,9 @@ FastAPI runs a plain `def` endpoint in the thread pool, and then, when the route
 model, hops to the pool a second time to validate what the endpoint returned. `OneHopRoute`
 hands FastAPI an `async def` that runs the endpoint in the pool itself: the blocking work still
 never runs on the event loop, and the response is validated on the loop, where it is cheap. Each
-hop cost 80-170 us of CPU on this machine, and under load the second one is also a second wait
-for the GIL (BENCHMARKS.md, "Levers").
+hop cost 80-170 us of CPU on this machine (10,000 `anyio.to_thread.run_sync` calls in a throwaway
+timing loop), and under load the second one is also a second wait for the GIL (BENCHMARKS.md,
+"Levers tried for commands and queries").
 
 The endpoint's signature, annotations and docstring are FastAPI's to read as before
 (`functools.wraps` sets `__wrapped__`, which FastAPI follows for parameters, the response model
