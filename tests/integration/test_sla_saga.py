@@ -237,6 +237,22 @@ def _file_a_tier(admin, count: int) -> list[str]:  # type: ignore[no-untyped-def
                        ).json()["id"] for _ in range(count)]
 
 
+def _notes_after_loads(rt, admin, monkeypatch, complaint_id: str, times: int) -> list[object]:  # type: ignore[no-untyped-def]
+    """After each of the complaint's first `times` loads, a handler adds a note (so a save of what
+    was loaded conflicts); returns the notes' HTTP statuses."""
+    get, notes = rt.store.repository.get, []
+
+    def get_then_change(loaded_id, *args, **kwargs):  # type: ignore[no-untyped-def]
+        complaint = get(loaded_id, *args, **kwargs)
+        if str(loaded_id) == complaint_id and len(notes) < times and "writing" not in notes:
+            notes.append("writing")  # the note's own load comes through here too
+            notes[-1] = admin.post(f"/v1/complaints/{complaint_id}/notes", json={"text": "called", "by": "ann"}).status_code
+        return complaint
+
+    monkeypatch.setattr(rt.store.repository, "get", get_then_change)
+    return notes
+
+
 def test_deadlines_due_together_are_recorded_in_one_transaction(virtual, monkeypatch) -> None:
     """A round of due deadlines waits for one WAL flush, not one per deadline; each complaint is
     loaded once, and its warning comes before its breach."""
@@ -262,16 +278,7 @@ def test_a_complaint_changed_while_its_group_fires_leaves_every_deadline_recorde
     kids = _file_a_tier(admin, 5)
     settle(saga)
     clock.advance(days=5)
-    get, touched = rt.store.repository.get, []
-
-    def get_then_change(complaint_id, *args, **kwargs):  # type: ignore[no-untyped-def]
-        complaint = get(complaint_id, *args, **kwargs)
-        if str(complaint_id) == kids[2] and not touched:  # once (the note's own load comes through here too)
-            touched.append("racing")
-            touched[0] = admin.post(f"/v1/complaints/{kids[2]}/notes", json={"text": "called", "by": "ann"}).status_code
-        return complaint
-
-    monkeypatch.setattr(rt.store.repository, "get", get_then_change)
+    touched = _notes_after_loads(rt, admin, monkeypatch, kids[2], times=1)
     saves: list[tuple[int, bool]] = []
     save = rt.store.save
 
@@ -301,16 +308,7 @@ def test_a_deadline_that_meets_a_change_twice_stays_due_and_fires_in_the_next_ro
     kids = _file_a_tier(admin, 3)
     settle(saga)
     clock.advance(days=5)
-    get, notes = rt.store.repository.get, []
-
-    def get_then_change(complaint_id, *args, **kwargs):  # type: ignore[no-untyped-def]
-        complaint = get(complaint_id, *args, **kwargs)
-        if str(complaint_id) == kids[1] and len(notes) < 2 and "writing" not in notes:
-            notes.append("writing")  # the note's own load comes through here too
-            notes[-1] = admin.post(f"/v1/complaints/{kids[1]}/notes", json={"text": "called", "by": "ann"}).status_code
-        return complaint
-
-    monkeypatch.setattr(rt.store.repository, "get", get_then_change)
+    notes = _notes_after_loads(rt, admin, monkeypatch, kids[1], times=2)
     assert saga.fire_due() == 5  # the others' warnings and breaches, and its breach (retried unraced)
     assert notes == [200, 200]  # one note raced the group's save, the other its warning's retry
     assert saga.pending() == 6  # nothing dropped: its warning stays due (fired ones go when the saga follows)
