@@ -53,7 +53,13 @@ class GroupCommitter:
         events = processing.events
         if not events:
             return None
-        stored = [self.store.mapper.to_stored_event(event) for event in events]
+        position = self.append([self.store.mapper.to_stored_event(event) for event in events])
+        self.store.take_due_snapshots(processing)
+        return position
+
+    def append(self, stored: list[StoredEvent]) -> int:
+        """Store events already mapped, all in one transaction shared with other callers; the
+        position of the last of them. Raises as save() does."""
         request = _Request(stored, sum(len(s.state) for s in stored))
         with self._changed:
             self._queue.append(request)
@@ -73,7 +79,6 @@ class GroupCommitter:
                     self._changed.notify_all()
         if request.error is not None:
             raise request.error
-        self.store.take_due_snapshots(processing)
         return request.position
 
     def _take(self) -> list[_Request]:

@@ -82,3 +82,18 @@ def test_a_stale_command_through_the_unit_of_work_is_a_version_conflict(fresh_sy
     with pytest.raises(VersionConflictError):
         uow.save(stale)
     assert rt.store.repository.get(customer.id).profile["region"] == "North"
+
+
+def test_events_mapped_beforehand_are_appended_in_one_call_or_not_at_all(fresh_system) -> None:
+    rt, _ = fresh_system(with_runners=False)
+    customer = Customer.register(name="Mapped", occurred_at=NOW, actor="t")
+    customer.update_profile({"region": "North"}, occurred_at=NOW, actor="t")
+    stored = [rt.store.mapper.to_stored_event(e) for e in customer.collect_events()]
+    head = rt.store.position()
+    assert rt.store.group_commit.append(stored) == head + 2 == rt.store.position()
+    assert rt.store.repository.get(customer.id).profile["region"] == "North"
+    again = Customer.register(name="Other", occurred_at=NOW, actor="t")
+    clash = [rt.store.mapper.to_stored_event(e) for e in again.collect_events()] + stored[1:]
+    with pytest.raises(IntegrityError):  # the second customer's event goes nowhere either
+        rt.store.group_commit.append(clash)
+    assert rt.store.repository.get(customer.id).version == 2 and again.id not in rt.store.repository
