@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Mapping, Protocol, Sequence
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
@@ -36,9 +37,24 @@ class ReadModelView(Protocol):
     def defer(self, writes: Sequence[Write], tracking: Tracking) -> None: ...
 
 
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | \
+    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
 def as_json(value: Any) -> str:
-    """Event data as JSON for jsonb columns (Decimal as string, dates ISO, ids as text)."""
-    return json.dumps(value, default=_plain, sort_keys=True)
+    """Event data as JSON for jsonb columns (Decimal as string, dates ISO, ids as text).
+
+    orjson writes it (3 µs for a complaint step's details against 20 µs with `json.dumps`, which
+    was an eighth of a complaints rebuild's time); dates and the other types it would write its own
+    way are handed to `_plain`, as `json.dumps` did. What orjson refuses (an integer beyond 64 bits)
+    is written by `json.dumps` as before. jsonb keeps the value, not the text: the spacing differs,
+    the stored values do not (tests/unit/test_as_json.py). One difference: a float that is not
+    finite becomes null, where `json.dumps` wrote NaN, which jsonb refuses; the domain lets only
+    finite floats into events (crm.aggregates.tiering)."""
+    try:
+        return orjson.dumps(value, default=_plain, option=_ORJSON).decode()
+    except TypeError:  # orjson's JSONEncodeError is one
+        return json.dumps(value, default=_plain, sort_keys=True)
 
 
 def _plain(value: Any) -> Any:
