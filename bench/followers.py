@@ -79,10 +79,10 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
 
     writer="log": the same RegisterCustomer events, mapped and sealed beforehand by the real mapper,
     appended one customer per call at `rate` per second (3 processes of 8 paced threads, through
-    each process's group commit, as the commands mode's are). It puts the rate the target names on the log when the command
-    path cannot reach it on this machine; the relay sees the same events in the same kind of
-    transactions. An event's lag runs from the moment its transaction returned to the writer
-    until the broker acknowledged it."""
+    each process's group commit, as the commands mode's are). It puts the rate the target names
+    on the log when the command path cannot reach it on this machine; the relay sees the same
+    events in the same kind of transactions. An event's lag runs from the moment its append
+    returned to the writer (committed) until the broker acknowledged it."""
     broker = start_local_broker()
     relay = Relay(store, url, broker.bootstrap)
     relay._ensure_producer()
