@@ -59,7 +59,9 @@ class GroupCommitter:
 
     def append(self, stored: list[StoredEvent]) -> int:
         """Store events already mapped, all in one transaction shared with other callers; the
-        position of the last of them. Raises as save() does."""
+        position of the last of them. Raises as save() does, and ValueError for no events."""
+        if not stored:
+            raise ValueError("nothing to append")
         request = _Request(stored, sum(len(s.state) for s in stored))
         with self._changed:
             self._queue.append(request)

@@ -37,8 +37,8 @@ class ReadModelView(Protocol):
     def defer(self, writes: Sequence[Write], tracking: Tracking) -> None: ...
 
 
-_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | \
-    orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+_ORJSON = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | \
+    orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def as_json(value: Any) -> str:
@@ -46,11 +46,13 @@ def as_json(value: Any) -> str:
 
     orjson writes it (3 µs for a complaint step's details against 20 µs with `json.dumps`, which
     was an eighth of a complaints rebuild's time); dates and the other types it would write its own
-    way are handed to `_plain`, as `json.dumps` did. What orjson refuses (an integer beyond 64 bits)
-    is written by `json.dumps` as before. jsonb keeps the value, not the text: the spacing differs,
-    the stored values do not (tests/unit/test_as_json.py). One difference: a float that is not
-    finite becomes null, where `json.dumps` wrote NaN, which jsonb refuses; the domain lets only
-    finite floats into events (crm.aggregates.tiering)."""
+    way are handed to `_plain`, as `json.dumps` did. What orjson refuses (an integer beyond 64 bits,
+    a key that is not a string, a subclass of str, int, dict or list) is written by `json.dumps` as
+    before. jsonb keeps the value, not the text: the spacing differs, the stored values do not
+    (tests/unit/test_as_json.py). Two differences, for values no event carries: a float that is
+    not finite becomes null, where `json.dumps` wrote NaN, which jsonb refuses (the domain lets
+    only finite floats into events); and a plain Enum is written as its value, where `json.dumps`
+    raised TypeError."""
     try:
         return orjson.dumps(value, default=_plain, option=_ORJSON).decode()
     except TypeError:  # orjson's JSONEncodeError is one

@@ -97,3 +97,5 @@ def test_events_mapped_beforehand_are_appended_in_one_call_or_not_at_all(fresh_s
     with pytest.raises(IntegrityError):  # the second customer's event goes nowhere either
         rt.store.group_commit.append(clash)
     assert rt.store.repository.get(customer.id).version == 2 and again.id not in rt.store.repository
+    with pytest.raises(ValueError):  # no position to give; in a batch it would have taken another's
+        rt.store.group_commit.append([])

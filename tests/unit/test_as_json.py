@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID
@@ -25,20 +26,37 @@ def stdlib(value: object) -> str:
     return json.dumps(value, default=_plain, sort_keys=True)
 
 
+def canonical(text: str) -> str:
+    """The JSON value, written one way: true stays apart from 1, and 1 from 1.0."""
+    return json.dumps(json.loads(text), sort_keys=True)
+
+
 @given(values)
 def test_the_same_json_value_as_json_dumps(value: object) -> None:
-    assert json.loads(as_json(value)) == json.loads(stdlib(value))
+    assert canonical(as_json(value)) == canonical(stdlib(value))
 
 
 def test_event_data_types_are_written_as_before() -> None:
     moment = datetime(2026, 12, 2, 1, 54, 8, 688349, tzinfo=timezone.utc)
-    value = {"at": moment, "on": date(2026, 12, 2), "id": UUID(int=7), "amount": Decimal("12.50"), 3: "three",
-             "z": [1, "x", None]}
-    assert json.loads(as_json(value)) == {"at": "2026-12-02T01:54:08.688349+00:00", "on": "2026-12-02",
-                                          "id": "00000000-0000-0000-0000-000000000007", "amount": "12.50",
-                                          "3": "three", "z": [1, "x", None]}
+    value = {"at": moment, "on": date(2026, 12, 2), "id": UUID(int=7), "amount": Decimal("12.50"),
+             "z": [1, "x", None, True, 1.5]}
+    assert json.loads(as_json(value)) == json.loads(stdlib(value)) == {
+        "at": "2026-12-02T01:54:08.688349+00:00", "on": "2026-12-02", "id": "00000000-0000-0000-0000-000000000007",
+        "amount": "12.50", "z": [1, "x", None, True, 1.5]}
     assert list(json.loads(as_json({"b": 1, "a": 2}))) == ["a", "b"]  # keys sorted, as before
 
 
-def test_what_orjson_refuses_is_written_by_json_dumps() -> None:
-    assert as_json({"n": 2**70}) == stdlib({"n": 2**70}) == '{"n": 1180591620717411303424}'
+def test_orjson_writes_the_usual_values() -> None:
+    # compact separators: orjson wrote this, not the json.dumps fallback (which puts spaces)
+    assert as_json({"b": [1, 2], "a": {"at": date(2026, 12, 2)}}) == '{"a":{"at":"2026-12-02"},"b":[1,2]}'
+
+
+def test_what_orjson_refuses_is_written_by_json_dumps_exactly() -> None:
+    for value in ({"z": 2**70, "a": UUID(int=1), "m": Decimal("1.5")}, {3: "three", 1: "one"}):
+        assert as_json(value) == stdlib(value)
+    assert as_json({3: "three", 1: "one"}) == '{"1": "one", "3": "three"}'
+
+
+def test_a_float_that_is_not_finite_becomes_null() -> None:
+    # json.dumps wrote NaN, which jsonb refuses; the domain keeps such floats out of events
+    assert json.loads(as_json({"x": math.nan, "y": math.inf})) == {"x": None, "y": None}
