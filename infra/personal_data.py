@@ -25,6 +25,7 @@ import itertools
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 from uuid import UUID
 
@@ -50,11 +51,26 @@ CUSTOMER_FIELDS = ("name", "email", "phone", "birthday", "special_days")
 REGISTERED, PROFILE_UPDATED = get_topic(Customer.Registered), get_topic(Customer.ProfileUpdated)
 CUSTOMER_NOTIFIED, ERASURE = get_topic(Complaint.CustomerNotified), get_topic(Customer.PersonalDataErased)
 SNAPSHOT = get_topic(Customer.Snapshot)
-# Where the events of each sealed topic keep their personal fields: a path of keys into the state
-# (sealing and opening both follow it, so a new sealed topic is one entry here).
-HOLDERS: dict[str, tuple[str, ...]] = {REGISTERED: (), PROFILE_UPDATED: ("changes",), CUSTOMER_NOTIFIED: (),
-                                       SNAPSHOT: ("state", "profile")}  # a customer's profile in its state
-SEALED_TOPICS = tuple(HOLDERS)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """How the events of one sealed topic hold personal data: the state key naming the owning
+    customer, the path of keys to the dict that holds the fields, and which fields they are."""
+
+    owner: str
+    path: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+# Sealing and opening both follow this table, so a new sealed topic is one entry here.
+SEALED: dict[str, Sealed] = {
+    REGISTERED: Sealed("originator_id", (), CUSTOMER_FIELDS),
+    PROFILE_UPDATED: Sealed("originator_id", ("changes",), CUSTOMER_FIELDS),
+    CUSTOMER_NOTIFIED: Sealed("customer_id", (), ("address",)),  # the address a resolution e-mail went to
+    SNAPSHOT: Sealed("originator_id", ("state", "profile"), CUSTOMER_FIELDS),  # a customer's profile
+}
+SEALED_TOPICS = tuple(SEALED)
 
 KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
@@ -166,18 +182,18 @@ class KeyStore:
 def _personal_part(topic: str, state: dict[str, Any]) -> tuple[UUID | None, dict[str, Any], dict[str, Any]]:
     """(owning customer, where the personal fields live, the personal fields) of an event's state,
     the dicts on the way copied (the domain event keeps its own); no owner if none."""
-    owner = state.get("customer_id") if topic == CUSTOMER_NOTIFIED else state["originator_id"]
-    if topic not in HOLDERS or owner is None:
+    sealed = SEALED.get(topic)
+    owner = state.get(sealed.owner) if sealed else None
+    if sealed is None or owner is None:
         return None, state, {}
     holder = _holder(topic, state, copy=True)
-    fields = ("address",) if topic == CUSTOMER_NOTIFIED else CUSTOMER_FIELDS
-    return owner, holder, {f: holder[f] for f in fields if f in holder}
+    return owner, holder, {f: holder[f] for f in sealed.fields if f in holder}
 
 
 def _holder(topic: str, state: dict[str, Any], *, copy: bool) -> dict[str, Any]:
-    """The dict of an event's state that holds the topic's personal fields (HOLDERS)."""
+    """The dict of an event's state that holds the topic's personal fields (SEALED)."""
     holder = state
-    for name in HOLDERS[topic]:
+    for name in SEALED[topic].path:
         if copy:
             holder[name] = dict(holder[name])
         holder = holder[name]
