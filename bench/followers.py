@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import statistics
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from eventsourcing.persistence import Tracking
 from psycopg_pool import ConnectionPool
@@ -104,13 +105,13 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
         if writer == "log":  # the events are made before the relay starts: only the commits are timed
             made = pool.starmap(_registrations, [(url, n, round(rate * seconds / processes)) for n in range(processes)])
         thread = RelayThread(relay).start()
-        started = time.perf_counter()
         if writer == "log":
-            commits = pool.starmap(_append_paced, [(url, events, rate / processes, seconds, 8) for events in made])
+            parts = pool.starmap(_append_paced, [(url, events, rate / processes, seconds, 8) for events in made])
+            commits, counted = [part for part, _ in parts], sum(len(part) for part, _ in parts)
         else:
-            counts = pool.starmap(_write_customers, [(url, n, rate / processes, seconds, 8) for n in range(processes)])
-            commits = [[] for _ in counts]
-        elapsed = time.perf_counter() - started
+            parts = pool.starmap(_write_customers, [(url, n, rate / processes, seconds, 8) for n in range(processes)])
+            commits, counted = [], sum(count for count, _ in parts)
+        took = max(seconds_taken for _, seconds_taken in parts)  # the writers' own window, start-up left out
     head, deadline = store.position(), time.monotonic() + 30
     while relay.status.position < head and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -125,7 +126,7 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
             continue  # an event of another writer (each call here appends one event)
         acked = next(at for position, at in acks if position >= notification.id)
         lags.append((acked - began) * 1000)
-    achieved = (len(committed) if writer == "log" else sum(counts)) / elapsed
+    achieved = counted / took
     cuts = statistics.quantiles(lags, n=100)
     return cuts[49], cuts[98], achieved, len(lags)
 
@@ -146,56 +147,63 @@ def _registrations(url: str, n: int, count: int) -> list[list[Any]]:
     return made
 
 
-def _append_paced(url: str, events: list[list[Any]], rate: float, seconds: float, threads: int
-                  ) -> list[tuple[int, float]]:
-    """Append each customer's events at `rate` per second for at most `seconds`, from `threads`
-    paced threads sharing the process's group commit; (notification id, time of the call) of each."""
+def _paced(threads: int, rate: float, seconds: float, items: Callable[[int], Iterable[Any]],
+           act: Callable[[Any], Any]) -> tuple[list[Any], float]:
+    """`act` on each of thread t's `items(t)`, from `threads` threads paced at `rate` per second in
+    total for at most `seconds` (their turns interleave; a thread behind schedule acts as fast as
+    it can until it catches up); what every call returned, and the seconds from the first turn to
+    the last call's end."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from crm.infra.event_store import open_event_store
-
-    store = open_event_store(url)
     interval, started = threads / rate, time.perf_counter()
 
-    def paced(t: int) -> list[tuple[int, float]]:
+    def paced(t: int) -> list[Any]:
         done, next_at = [], started + t * interval / threads
-        for stored in events[t::threads]:
+        for item in items(t):
             if time.perf_counter() >= started + seconds:
                 break
             time.sleep(max(0.0, next_at - time.perf_counter()))
-            called = time.time()  # before the queue and the commit: the lag is never understated
-            done.append((store.group_commit.append(stored), called))
+            done.append(act(item))
             next_at += interval
         return done
 
     with ThreadPoolExecutor(threads) as pool:
-        committed = [c for part in pool.map(paced, range(threads)) for c in part]
+        results = [result for part in pool.map(paced, range(threads)) for result in part]
+    return results, time.perf_counter() - started
+
+
+def _append_paced(url: str, events: list[list[Any]], rate: float, seconds: float, threads: int
+                  ) -> tuple[list[tuple[int, float]], float]:
+    """Append each customer's events at `rate` per second for at most `seconds`, from `threads`
+    paced threads sharing the process's group commit: (notification id, time of the call) of
+    each, and the seconds the appends took."""
+    from crm.infra.event_store import open_event_store
+
+    store = open_event_store(url)
+
+    def append(stored: list[Any]) -> tuple[int, float]:
+        called = time.time()  # before the queue and the commit: the lag is never understated
+        return store.group_commit.append(stored), called
+
+    committed = _paced(threads, rate, seconds, lambda t: events[t::threads], append)
     store.close()
     return committed
 
 
-def _write_customers(url: str, n: int, rate: float, seconds: float, threads: int) -> int:
+def _write_customers(url: str, n: int, rate: float, seconds: float, threads: int) -> tuple[int, float]:
     """A writer process of relay_lag_ms: RegisterCustomer at `rate` per second for `seconds`, from
-    `threads` threads sharing the process's event store (and so its group commit), each paced at
-    its share of the rate; a thread behind schedule writes as fast as it can until it catches up."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    `threads` paced threads sharing the process's event store (and so its group commit): how many,
+    and the seconds they took."""
     from crm.infra.event_store import open_event_store
 
-    store = open_event_store(url)
-    ctx, interval = Context(actor="bench"), threads / rate
-    started = time.perf_counter()
+    store, ctx = open_event_store(url), Context(actor="bench")
 
-    def paced(t: int) -> int:
-        count, next_at = 0, started + t * interval / threads  # the threads' turns interleave
-        while time.perf_counter() < started + seconds:
-            time.sleep(max(0.0, next_at - time.perf_counter()))
-            dispatch(RegisterCustomer(name=f"Lag {n}-{t}-{count}", region="North"), EventStoreUnitOfWork(store, "EUR"), ctx)
-            count += 1
-            next_at += interval
-        return count
+    def register(name: str) -> None:
+        dispatch(RegisterCustomer(name=name, region="North"), EventStoreUnitOfWork(store, "EUR"), ctx)
 
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(paced, range(threads)))
+    def names(t: int) -> Iterable[str]:
+        return (f"Lag {n}-{t}-{count}" for count in itertools.count())
+
+    registered, took = _paced(threads, rate, seconds, names, register)
     store.close()
-    return total
+    return len(registered), took
