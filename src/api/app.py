@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
 from crm.api import problems
 from crm.api.auth import KeyRing
 from crm.api.middleware import Authenticate, BodyLimitAndIdempotency, DatabaseGate, FailFastWhileDown, RequestContext
+from crm.api.routing import size_lookup_limiter
 from crm.api.routes import audit, complaints, customers, health, orders, products, queries, reports, sla, tiering
 from crm.infra.runtime import Runtime
 from crm.queries.base import CursorCodec
@@ -23,7 +25,12 @@ POSTs honour `Idempotency-Key`; commands on existing aggregates honour `If-Match
 def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay: Any = None,
                kafka_bootstrap: str | None = None) -> FastAPI:
     """Build the API over an open Runtime (the caller owns and closes it, and the relay if given)."""
-    app = FastAPI(title="crm", version="0.1.0", description=DESCRIPTION)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        size_lookup_limiter(runtime.settings.api_lookup_threads)  # per event loop: sized in the one serving
+        yield
+
+    app = FastAPI(title="crm", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.relay = relay
     app.state.kafka_bootstrap = kafka_bootstrap or runtime.settings.kafka_bootstrap
@@ -67,8 +74,6 @@ def _pool_waits(runtime: Runtime) -> Callable[[bool], None]:
 def app_from_environment() -> FastAPI:
     """The API of one worker process of `crm api --workers N` (uvicorn calls this in each worker):
     a Runtime of its own from the CRM_* settings; closed when the worker stops."""
-    from contextlib import asynccontextmanager
-
     from crm.infra.logging import configure_logging
     from crm.infra.runtime import open_runtime
     from crm.infra.settings import Settings
@@ -80,9 +85,12 @@ def app_from_environment() -> FastAPI:
     runtime = open_runtime(settings, generate_key=False)
     app = create_app(runtime)
 
+    serve = app.router.lifespan_context
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
-        yield
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+        async with serve(served):
+            yield
         runtime.close()
 
     app.router.lifespan_context = lifespan

@@ -123,3 +123,25 @@ def test_the_openapi_spec_documents_every_write_route(anonymous) -> None:
     for step in ["assign", "notes", "escalate", "await-customer", "resume", "resolve", "confirm", "rate",
                  "reopen", "close"]:
         assert f"/v1/complaints/{{complaint_id}}/{step}" in paths
+
+
+def test_the_query_api_looks_up_on_its_own_pool_sized_by_the_settings(runtime, monkeypatch, customer) -> None:
+    """CRM_API_LOOKUP_THREADS sizes the lookup limiter of each serving event loop (crm.api.routing);
+    every route of the query router runs on it, and a 360 lookup answers through it."""
+    from fastapi.testclient import TestClient
+
+    from crm.api.app import create_app
+    from crm.api.routes import queries
+    from crm.api.routing import LookupRoute, lookup_limiter
+    from tests.conftest import KEYS
+
+    monkeypatch.setattr(runtime, "settings", runtime.settings.model_copy(update={"api_lookup_threads": 2}))
+    assert queries.router.routes and all(isinstance(r, LookupRoute) for r in queries.router.routes)
+
+    async def tokens() -> float:
+        return lookup_limiter().total_tokens
+
+    with TestClient(create_app(runtime), headers={"Authorization": f"Bearer {KEYS['admin']}"}) as client:
+        assert client.portal.call(tokens) == 2  # type: ignore[union-attr]
+        found = client.get(f"/v1/customers/{customer['id']}", headers={"X-Min-Position": str(customer["position"])})
+        assert found.status_code == 200 and found.json()["id"] == customer["id"]

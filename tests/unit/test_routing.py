@@ -1,9 +1,12 @@
 """OneHopRoute: a blocking endpoint runs in the thread pool once, and FastAPI still validates,
-documents and streams as it does for a plain route."""
+documents and streams as it does for a plain route; LookupRoute's GETs run on the lookup limiter."""
 
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 import fastapi.routing
 import pytest
@@ -13,7 +16,7 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 
 import crm.api.routing
-from crm.api.routing import OneHopRoute, in_thread_pool
+from crm.api.routing import LookupRoute, OneHopRoute, in_thread_pool, size_lookup_limiter
 
 
 class Out(BaseModel):
@@ -54,7 +57,7 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return run
 
     monkeypatch.setattr(fastapi.routing, "run_in_threadpool", counting("fastapi", fastapi.routing.run_in_threadpool))
-    monkeypatch.setattr(crm.api.routing, "run_in_threadpool", counting("ours", crm.api.routing.run_in_threadpool))
+    monkeypatch.setattr(crm.api.routing, "run_blocking", counting("ours", crm.api.routing.run_blocking))
     return counts
 
 
@@ -96,3 +99,55 @@ def test_responses_and_coroutines_pass_through() -> None:
 
     assert in_thread_pool(already_async) is already_async
     assert in_thread_pool(generator) is generator
+
+
+def _concurrency_app(lookup_threads: int) -> tuple[FastAPI, dict[str, int]]:
+    """Endpoints that each hold their thread for 50 ms, and the most of each that ran at once: a
+    LookupRoute GET and POST, and a OneHopRoute GET."""
+    peak = {"lookup": 0, "lookup-router write": 0, "other read": 0}
+    running = dict.fromkeys(peak, 0)
+    lock = threading.Lock()
+
+    def occupy(kind: str) -> None:
+        with lock:
+            running[kind] += 1
+            peak[kind] = max(peak[kind], running[kind])
+        time.sleep(0.05)
+        with lock:
+            running[kind] -= 1
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # type: ignore[no-untyped-def]
+        size_lookup_limiter(lookup_threads)
+        yield
+
+    lookups, others = APIRouter(route_class=LookupRoute), APIRouter(route_class=OneHopRoute)
+
+    @lookups.get("/lookup")
+    def lookup() -> None:
+        occupy("lookup")
+
+    @lookups.post("/write")
+    def write() -> None:
+        occupy("lookup-router write")
+
+    @others.get("/report")
+    def report() -> None:
+        occupy("other read")
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(lookups)
+    app.include_router(others)
+    return app, peak
+
+
+@pytest.mark.parametrize("lookup_threads", [1, 3])
+def test_lookups_share_their_own_small_pool_and_other_routes_keep_the_large_one(lookup_threads: int) -> None:
+    app, peak = _concurrency_app(lookup_threads)
+    with TestClient(app) as client, ThreadPoolExecutor(12) as callers:
+        for call in (lambda _: client.get("/lookup"), lambda _: client.post("/write"),
+                     lambda _: client.get("/report")):
+            assert all(r.status_code == 200 for r in callers.map(call, range(12)))
+    assert peak["lookup"] == lookup_threads  # never more at once, and the pool was used to the full
+    assert peak["lookup-router write"] > lookup_threads  # writes are not held to the lookups' limit
+    assert peak["other read"] > lookup_threads  # nor are the reads of other routers (reports, audit)

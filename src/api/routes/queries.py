@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from crm.api.auth import Principal
 from crm.api.deps import allowed
 from crm.api.reads import Codec, Cursor, FilteredCursors, Limit, Reads, Today, ensure_own, only, read_your_writes
-from crm.api.routing import OneHopRoute
+from crm.api.routing import LookupRoute
 from crm.api.schemas import Printable
 from crm.queries import complaints as k
 from crm.queries import customers as c
 from crm.queries.base import Page
 
 router = APIRouter(prefix="/v1", tags=["queries"], dependencies=[Depends(read_your_writes)],
-                   route_class=OneHopRoute)
+                   route_class=LookupRoute)
 CustomerReader = Annotated[Principal, Depends(allowed("customers.read"))]
 ComplaintReader = Annotated[Principal, Depends(allowed("complaints.read"))]
 OwnReader = Annotated[Principal, Depends(allowed("own.read"))]
