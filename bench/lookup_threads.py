@@ -1,12 +1,13 @@
 """360 lookups over HTTP with different numbers of lookup threads, in alternating runs.
 
-`python -m bench.lookup_threads [--customers 5000] [--workers 2] [--threads 40 3] [--pairs 3]
+`python -m bench.lookup_threads [--customers 5000] [--workers 2] [--threads 40 3] [--pairs 4]
 [--seconds 10]`: writes the `make bench` history to a fresh embedded PostgreSQL and rebuilds the
 read models, then runs `make bench`'s queries load (wrk, 32 connections, `GET /v1/customers/{id}`
-at random) against `crm api --workers N` once per value of `CRM_API_LOOKUP_THREADS` in turn,
-`--pairs` times, and prints each run with the CPU per request of the API processes. 40 is what
-the lookups had before they got a limiter of their own (anyio's default). The machine is shared
-and noisy: compare runs next to each other, not across rounds.
+at random, after a 2 s warm-up of the same) against `crm api --workers N` once per value of
+`CRM_API_LOOKUP_THREADS`, in reverse order every other round, `--pairs` rounds, and prints each
+run with the CPU per request of the API processes. 40 is what the lookups had before they got a
+limiter of their own (anyio's default). The machine is shared and noisy: compare runs next to
+each other, not across rounds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--workers", type=int, default=2, help="API processes")
     parser.add_argument("--threads", type=int, nargs="+", default=[40, 3], help="values of CRM_API_LOOKUP_THREADS")
-    parser.add_argument("--pairs", type=int, default=3, help="rounds over the values")
+    parser.add_argument("--pairs", type=int, default=4, help="rounds over the values")
     parser.add_argument("--seconds", type=int, default=10, help="each wrk run")
     args = parser.parse_args()
     if not wrk_available():
@@ -59,10 +60,13 @@ def main() -> None:
     ids = customer_ids_file(pool)
     try:
         for round_ in range(1, args.pairs + 1):
-            for threads in args.threads:
+            # Every other round in reverse order (A B, B A, ...): the machine's speed drifts between
+            # runs, and a fixed order would hand the drift to whichever value runs second.
+            for threads in args.threads if round_ % 2 else args.threads[::-1]:
                 os.environ["CRM_API_LOOKUP_THREADS"] = str(threads)  # ApiServer passes os.environ on
                 with ApiServer(url, args.workers) as server:
-                    wrk(server.base, "raw.lua", seconds=2, connections=32)  # warm-up, not reported
+                    wrk(server.base, "queries.lua", seconds=2, connections=32,  # warm-up, not reported
+                        env={"CRM_BENCH_IDS": ids})
                     before = tree_cpu_seconds(server.process.pid)
                     load = wrk(server.base, "queries.lua", seconds=args.seconds, connections=32,
                                env={"CRM_BENCH_IDS": ids})

@@ -89,9 +89,11 @@ def app_from_environment() -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        async with serve(served):
-            yield
-        runtime.close()
+        try:
+            async with serve(served):
+                yield
+        finally:
+            runtime.close()
 
     app.router.lifespan_context = lifespan
     return app

@@ -12,8 +12,10 @@ timing loop), and under load the second one is also a second wait for the GIL (B
 `LookupRoute` (the router of `crm.api.routes.queries`: the 360 view, a customer's pages, the
 complaint queue and detail) runs its GET endpoints on a limiter of their own,
 `CRM_API_LOOKUP_THREADS` threads per process (default 3), not on anyio's 40. A lookup holds its
-thread for one short query and otherwise needs the GIL: with 32 connections, 32 threads only took
-turns on it, and the turns cost CPU and latency. Everything else keeps the 40: commands, because
+thread for one short query and otherwise needs the GIL: with 32 connections, 32 threads queued
+for it (and for the pool's 10 connections) in no order; with 3 the rest wait in the limiter's
+queue, first come first served. Neither the CPU per lookup nor the rate changed; p99 fell
+(BENCHMARKS.md, `python -m bench.lookup_threads`). Everything else keeps the 40: commands, because
 concurrent commands are what group commit batches (`crm.infra.group_commit`), and reports and
 audit reads, because their work grows with the data set and must not hold up the lookups.
 

@@ -130,6 +130,7 @@ def test_the_query_api_looks_up_on_its_own_pool_sized_by_the_settings(runtime, m
     every route of the query router runs on it, and a 360 lookup answers through it."""
     from fastapi.testclient import TestClient
 
+    import crm.api.routing
     from crm.api.app import create_app
     from crm.api.routes import queries
     from crm.api.routing import LookupRoute, lookup_limiter
@@ -141,7 +142,20 @@ def test_the_query_api_looks_up_on_its_own_pool_sized_by_the_settings(runtime, m
     async def tokens() -> float:
         return lookup_limiter().total_tokens
 
+    used = []
+    real = crm.api.routing.run_blocking
+
+    async def spy(endpoint, limiter, args, kwargs):  # type: ignore[no-untyped-def]
+        used.append((endpoint.__name__, limiter))
+        return await real(endpoint, limiter, args, kwargs)
+
+    monkeypatch.setattr(crm.api.routing, "run_blocking", spy)
     with TestClient(create_app(runtime), headers={"Authorization": f"Bearer {KEYS['admin']}"}) as client:
         assert client.portal.call(tokens) == 2  # type: ignore[union-attr]
         found = client.get(f"/v1/customers/{customer['id']}", headers={"X-Min-Position": str(customer["position"])})
         assert found.status_code == 200 and found.json()["id"] == customer["id"]
+        report = client.get("/v1/reports/sla")
+        assert report.status_code == 200
+    assert [name for name, _ in used] == ["customer_360", "sla"]
+    assert used[0][1] is not None and used[0][1].total_tokens == 2  # the 360 view: on the lookup limiter
+    assert used[1][1] is None  # a report: on anyio's default

@@ -4,7 +4,6 @@ documents and streams as it does for a plain route; LookupRoute's GETs run on th
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -102,18 +101,20 @@ def test_responses_and_coroutines_pass_through() -> None:
 
 
 def _concurrency_app(lookup_threads: int) -> tuple[FastAPI, dict[str, int]]:
-    """Endpoints that each hold their thread for 50 ms, and the most of each that ran at once: a
-    LookupRoute GET and POST, and a OneHopRoute GET."""
+    """Endpoints that each hold their thread until one more than `lookup_threads` of their kind run
+    at once (at most 0.5 s), and the most of each kind that did: a LookupRoute GET and POST, and a
+    OneHopRoute GET. A limited kind peaks at its limit (each request waits out the 0.5 s); an
+    unlimited one gets past it at once. No timing decides the outcome, only the waits' length."""
     peak = {"lookup": 0, "lookup-router write": 0, "other read": 0}
     running = dict.fromkeys(peak, 0)
-    lock = threading.Lock()
+    changed = threading.Condition()
 
     def occupy(kind: str) -> None:
-        with lock:
+        with changed:
             running[kind] += 1
             peak[kind] = max(peak[kind], running[kind])
-        time.sleep(0.05)
-        with lock:
+            changed.notify_all()
+            changed.wait_for(lambda: peak[kind] > lookup_threads, timeout=0.5)
             running[kind] -= 1
 
     @asynccontextmanager
@@ -144,10 +145,11 @@ def _concurrency_app(lookup_threads: int) -> tuple[FastAPI, dict[str, int]]:
 @pytest.mark.parametrize("lookup_threads", [1, 3])
 def test_lookups_share_their_own_small_pool_and_other_routes_keep_the_large_one(lookup_threads: int) -> None:
     app, peak = _concurrency_app(lookup_threads)
-    with TestClient(app) as client, ThreadPoolExecutor(12) as callers:
+    calls = 2 * lookup_threads + 2
+    with TestClient(app) as client, ThreadPoolExecutor(calls) as callers:
         for call in (lambda _: client.get("/lookup"), lambda _: client.post("/write"),
                      lambda _: client.get("/report")):
-            assert all(r.status_code == 200 for r in callers.map(call, range(12)))
+            assert all(r.status_code == 200 for r in callers.map(call, range(calls)))
     assert peak["lookup"] == lookup_threads  # never more at once, and the pool was used to the full
     assert peak["lookup-router write"] > lookup_threads  # writes are not held to the lookups' limit
     assert peak["other read"] > lookup_threads  # nor are the reads of other routers (reports, audit)
