@@ -30,15 +30,18 @@ def open_tracking(database_url: str, name: str) -> PostgresTrackingRecorder:
     return InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
 
 
-def run_rounds(stop: threading.Event, one_round: Callable[[], int], *, name: str, idle_wait: float,
-               on_error: Callable[[], None] = lambda: None, **context: Any) -> None:
-    """Repeat one_round() until stop is set: wait idle_wait when it did nothing; after a failure
-    (database, broker, SMTP away) call on_error, back off (0.1 s doubling to 5 s) and retry, never
-    skip. An outage is logged once when it starts and once when it ends, not once per retry."""
+def run_rounds(stop: threading.Event, one_round: Callable[[], int], *, name: str,
+               idle_wait: float | Callable[[], float], on_error: Callable[[], None] = lambda: None,
+               **context: Any) -> None:
+    """Repeat one_round() until stop is set: wait idle_wait seconds (or as long as idle_wait()
+    says, asked after the round) when it did nothing; after a failure (database, broker, SMTP away)
+    call on_error, back off (0.1 s doubling to 5 s) and retry, never skip. An outage is logged once
+    when it starts and once when it ends, not once per retry."""
     backoff, outage_since = 0.1, None
     while not stop.is_set():
         try:
             done = one_round()
+            wait = 0.0 if done else idle_wait() if callable(idle_wait) else idle_wait
         except Exception as error:
             on_error()
             if outage_since is None:
@@ -51,7 +54,7 @@ def run_rounds(stop: threading.Event, one_round: Callable[[], int], *, name: str
             log.info(f"{name}.back", outage_s=round(time.monotonic() - outage_since, 1), **context)
             outage_since, backoff = None, 0.1
         if not done:
-            stop.wait(idle_wait)
+            stop.wait(wait)
 
 
 class FollowerThread:

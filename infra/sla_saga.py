@@ -29,6 +29,7 @@ CREATE INDEX IF NOT EXISTS crm_sla_deadlines_due ON crm_sla_deadlines (due_at)""
 
 
 SAVE_TOGETHER = 100  # due deadlines per transaction: 100 small events, well under MAX_CALL_BYTES
+MIN_WAIT = 0.01  # s: an idle round's shortest wait (a due deadline that met a change is retried, not spun on)
 
 
 def utc_now() -> datetime:
@@ -140,9 +141,22 @@ class SlaSaga:
             curs.execute("DELETE FROM crm_sla_deadlines WHERE complaint_id = %s AND kind = %s AND due_at = %s",
                          (complaint_id, kind, due_at))
 
+    def idle_wait(self, longest: float) -> float:
+        """How long a round that found nothing to do waits: until the next deadline falls due (1 ms
+        after, so it is due when the round looks), at most `longest`, so complaints filed meanwhile
+        are followed, and at least MIN_WAIT. Until 2026-12-02 it always waited `longest`, 0.2 s,
+        and a breach was recorded up to 0.2 s late (p50 80-88 ms in `make bench` on a fast machine)."""
+        with self.tracking.datastore.transaction(commit=False) as curs:
+            upcoming = curs.execute("SELECT min(due_at) AS due FROM crm_sla_deadlines").fetchone()["due"]
+        if upcoming is None:
+            return longest
+        return min(longest, max(MIN_WAIT, (upcoming - self.clock()).total_seconds() + 0.001))
+
     def run(self, stop: threading.Event, idle_wait: float = 0.2) -> None:
-        """Follow and fire until stopped; while the database is away, wait and catch up afterwards."""
-        run_rounds(stop, lambda: self.follow() + self.fire_due(), name="sla.saga", idle_wait=idle_wait)
+        """Follow and fire until stopped; while the database is away, wait and catch up afterwards.
+        An idle round waits until the next deadline is due, at most `idle_wait` (see idle_wait())."""
+        run_rounds(stop, lambda: self.follow() + self.fire_due(), name="sla.saga",
+                   idle_wait=lambda: self.idle_wait(idle_wait))
 
     def close(self) -> None:
         self.tracking.datastore.close()

@@ -16,7 +16,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from crm.aggregates.complaint import Complaint
-from crm.infra.sla_saga import SlaSaga
+from crm.infra.sla_saga import MIN_WAIT, SlaSaga
 from tests.conftest import Clock
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
@@ -317,3 +317,17 @@ def test_a_deadline_that_meets_a_change_twice_stays_due_and_fires_in_the_next_ro
         names = events_of(rt, kid)
         assert names.count("SlaWarningIssued") == 1 and names.count("SlaBreached") == 1, (kid, names)
     assert saga.pending() == 0
+
+
+def test_an_idle_saga_waits_until_the_next_deadline_is_due_and_no_longer(virtual) -> None:
+    rt, admin, clock, saga = virtual
+    assert saga.idle_wait(0.2) == 0.2  # nothing pending: the longest wait
+    admin.post("/v1/complaints", json={"customer_id": tiered_customer(admin, "A"), "category": "late",
+                                       "description": "d"})
+    settle(saga)
+    assert saga.pending() == 2
+    assert saga.idle_wait(0.2) == 0.2  # the warning is due in 57.6 h: new events are followed meanwhile
+    clock.advance(days=2, hours=9, minutes=35, seconds=59.95)  # 50 ms before the warning is due
+    assert 0.05 <= saga.idle_wait(0.2) <= 0.052  # wakes 1 ms after it, not at the next 0.2 s round
+    clock.advance(seconds=1)  # due, not fired yet (a round that met a change): retried soon, not spun on
+    assert saga.idle_wait(0.2) == MIN_WAIT
