@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -328,6 +329,20 @@ def test_an_idle_saga_waits_until_the_next_deadline_is_due_and_no_longer(virtual
     assert saga.pending() == 2
     assert saga.idle_wait(0.2) == 0.2  # the warning is due in 57.6 h: new events are followed meanwhile
     clock.advance(days=2, hours=9, minutes=35, seconds=59.95)  # 50 ms before the warning is due
-    assert 0.05 <= saga.idle_wait(0.2) <= 0.052  # wakes 1 ms after it, not at the next 0.2 s round
+    assert saga.idle_wait(0.2) == pytest.approx(0.051, abs=1e-6)  # 1 ms after it, not at the next round
+
+    class OneRound(threading.Event):  # the saga's own loop, stopped after its first wait
+        waits: list[float | None] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout)
+            self.set()
+            return True
+
+    stop = OneRound()
+    saga.run(stop)
+    assert stop.waits == [pytest.approx(0.051, abs=1e-6)]  # run() waits as idle_wait() says
     clock.advance(seconds=1)  # due, not fired yet (a round that met a change): retried soon, not spun on
     assert saga.idle_wait(0.2) == MIN_WAIT
+    clock.advance(seconds=1)  # overdue for more than a second: one that keeps failing, retried at the old pace
+    assert saga.idle_wait(0.2) == 0.2
