@@ -17,9 +17,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import psutil
 from psycopg_pool import ConnectionPool
 
 from bench.load import ApiServer, customer_ids_file, wrk, wrk_available
+from bench.soak import cpu_s
 from bench.workload import write_history
 from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
@@ -29,15 +31,9 @@ from crm.projections import PROJECTIONS
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process group (the API's master and its workers) so far."""
-    total = 0.0
-    for member in os.popen(f"pgrep -g {pid}").read().split():
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    """User and system CPU so far of a process and its children (the API's master and workers)."""
+    children = psutil.Process(pid).children(recursive=True)
+    return cpu_s(pid) + sum(cpu_s(child.pid) for child in children)
 
 
 def main() -> None:

@@ -146,8 +146,9 @@ class SlaSaga:
         after, so it is due when the round looks), at most `longest`, so complaints filed meanwhile
         are followed, and at least MIN_WAIT. A deadline more than a second overdue after a round
         is one that round could not fire (fire_due fires every due one it can): `longest` then, so
-        a deadline that keeps failing is retried at the old pace, not every MIN_WAIT. Until 2026-12-02 it always waited `longest`, 0.2 s,
-        and a breach was recorded up to 0.2 s late (p50 80-88 ms in `make bench` on a fast machine)."""
+        a deadline that keeps failing is retried at the old pace, not every MIN_WAIT. Until
+        2026-12-02 it always waited `longest`, 0.2 s, and a breach was recorded up to 0.2 s late
+        (p50 80-88 ms in `make bench` on a fast machine)."""
         with self.tracking.datastore.transaction(commit=False) as curs:
             upcoming = curs.execute("SELECT min(due_at) AS due FROM crm_sla_deadlines").fetchone()["due"]
         if upcoming is None:

@@ -34,7 +34,9 @@ from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
 from fastapi.routing import APIRoute
 
-DEFAULT_LOOKUP_THREADS = 3
+from crm.infra.settings import Settings
+
+DEFAULT_LOOKUP_THREADS: int = Settings.model_fields["api_lookup_threads"].default  # one default, the setting's
 _lookup_limiter: RunVar[CapacityLimiter] = RunVar("crm_lookup_limiter")  # one per event loop, as anyio's own
 
 

@@ -45,8 +45,8 @@ def as_json(value: Any) -> str:
     """Event data as JSON for jsonb columns (Decimal as string, dates ISO, ids as text).
 
     orjson writes it (3-4 µs for a complaint step's details against 12-17 µs with `json.dumps`:
-    `python -m bench.rebuild`; it was an eighth of a complaints rebuild's cProfile); dates and the other types it would write its own
-    way are handed to `_plain`, as `json.dumps` did. What orjson refuses (an integer beyond 64 bits,
+    `python -m bench.rebuild`; it was an eighth of a complaints rebuild's cProfile); dates and the
+    other types it would write its own way are handed to `_plain`, as `json.dumps` did. What orjson refuses (an integer beyond 64 bits,
     a key that is not a string, a subclass of str, int, dict or list) is written by `json.dumps` as
     before. jsonb keeps the value, not the text: the spacing differs, the stored values do not
     (tests/unit/test_as_json.py). Two differences, for values no event carries: a float that is
