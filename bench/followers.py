@@ -16,30 +16,72 @@ from crm.infra.audit_chain import HashChainer
 from crm.infra.audit_history import history
 from crm.infra.audit_verify import verify
 from crm.infra.event_store import CrmEventStore
+from crm.infra.followers import open_tracking
 from crm.infra.kafka import start_local_broker
 from crm.commands.base import Context
 from crm.commands.bus import dispatch
 from crm.commands.customers import RegisterCustomer
-from crm.infra.relay import Relay, RelayThread, forget_position
+from crm.infra.relay import Relay, RelayThread, Shard, forget_position
 from crm.infra.unit_of_work import EventStoreUnitOfWork
 from bench.workload import long_history_customer
 
 
-def relay_events_per_s(store: CrmEventStore, url: str) -> float:
-    """Publish the whole log to a fresh local broker (acks=all, idempotent): events per second."""
+def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float:
+    """Publish the whole log to a fresh local broker (acks=all, idempotent): events per second. With
+    shards > 1, one process per shard (as `crm relay` runs them), timed from when all are connected."""
+    tracking = open_tracking(url, "relay")
+    forget_position(tracking)  # every repeat publishes the whole log again (every shard's position)
+    tracking.datastore.close()
     broker = start_local_broker()
-    relay = Relay(store, url, broker.bootstrap)
-    forget_position(relay.tracking)  # every repeat publishes the whole log again
-    relay.status.position = 0
+    try:
+        if shards == 1:
+            return store.position() / _publish_all(store, url, broker.bootstrap, Shard())
+        spawn = multiprocessing.get_context("spawn")
+        ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
+        processes = [spawn.Process(target=_shard_process, args=(url, broker.bootstrap, Shard(i, shards), ready, go, done))
+                     for i in range(shards)]
+        for process in processes:
+            process.start()
+        for _ in processes:
+            ready.get(timeout=60)
+        started = time.perf_counter()
+        go.set()
+        for _ in processes:
+            done.get(timeout=600)
+        elapsed = time.perf_counter() - started
+        for process in processes:
+            process.join()
+        return store.position() / elapsed
+    finally:
+        broker.stop()
+
+
+def _publish_all(store: CrmEventStore, url: str, bootstrap: str, shard: Shard,
+                 ready: Callable[[], None] = lambda: None) -> float:
+    """One relay (or shard) from position 0 to the log's head: seconds, from connected to done."""
+    relay = Relay(store, url, bootstrap, shard=shard)
     try:
         relay._ensure_producer()  # connected and topics created: the steady state is timed
+        ready()
         head, started = store.position(), time.perf_counter()
         while relay.status.position < head:
             relay.publish_next()
-        return head / (time.perf_counter() - started)
+        return time.perf_counter() - started
     finally:
         relay.close()
-        broker.stop()
+
+
+def _shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, done: Any) -> None:
+    from crm.infra.event_store import open_event_store
+    from crm.infra.logging import configure_logging
+
+    configure_logging("WARNING", json=True)
+
+    def connected() -> None:
+        ready.put(shard.index)
+        go.wait()
+
+    done.put(_publish_all(open_event_store(url), url, bootstrap, shard, connected))
 
 
 def verify_events_per_s(store: CrmEventStore, url: str, pool: ConnectionPool, repeat: int) -> float:

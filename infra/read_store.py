@@ -49,15 +49,17 @@ class PgReadStore:
             return {name: 0 for name in PROJECTIONS}
         return {name: position or 0 for name, position in rows}
 
-    def relay_position(self) -> int | None:
-        """The Kafka relay's published position (None where no relay ever ran on this database)."""
+    def relay_position(self, shards: int = 1) -> int | None:
+        """The Kafka relay's published position, for a relay of `shards` shards (None where no relay
+        ever ran on this database)."""
+        from crm.infra.relay import published_position
+
         try:
             with self.pool.connection() as conn:
-                row = conn.execute("SELECT notification_id FROM relay_tracking WHERE application_name = %s",
-                                   (CrmEventStore.name,)).fetchone()
+                rows = conn.execute("SELECT application_name, notification_id FROM relay_tracking").fetchall()
         except UndefinedTable:  # no relay_tracking table: no relay has run here
             return None
-        return row[0] if row else 0
+        return published_position({name: position or 0 for name, position in rows}, shards)
 
     def saga_status(self) -> dict[str, int] | None:
         """The SLA saga's position and pending deadlines (None where no saga ever ran here)."""

@@ -6,6 +6,12 @@ message of it (acks=all, idempotent producer), and only then advances the positi
 is skipped. After a failure the producer is replaced and the batch is sent again from the
 tracked position: duplicates carry the same CloudEvent `id`, and within a producer session the
 order per key holds.
+
+Sharding (`CRM_RELAY_SHARDS`): one relay process uses one core, most of it in kafka-python's `send`.
+With N shards, shard i publishes only the events of the aggregates whose id's last byte is i mod N
+(selected by PostgreSQL), with a position of its own. An aggregate's events all go through one
+shard, in log order, so the order per key holds as before; the shards share nothing but the log and
+the tracking table. The position of the whole relay is the lowest of its shards' positions.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping, Sequence
+from uuid import UUID
 
 import structlog
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
+from psycopg import sql
 
 from crm.infra.cloudevents import plain_json, to_cloudevent
 from crm.infra.event_store import CrmEventStore
@@ -28,12 +36,88 @@ from crm.infra.kafka import KeyPartitioner, ensure_topics, producer_config
 log = structlog.get_logger(__name__)
 APP = CrmEventStore.name
 BATCH = 2_000
+# A shard's next batch: uuid_send gives the id's 16 bytes, the last of which picks the shard.
+SHARD_QUERY = """SELECT notification_id, originator_id, originator_version, topic, state FROM {schema}.{table}
+WHERE notification_id > %s AND get_byte(uuid_send(originator_id), 15) %% %s = %s
+ORDER BY notification_id LIMIT %s"""
+
+
+MAX_SHARDS = 256  # a shard is chosen by one byte of the aggregate id
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count`: the events of the aggregates whose id's last byte is index mod count."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_SHARDS or not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count}: need 0 <= index < count <= {MAX_SHARDS}")
+
+    @property
+    def name(self) -> str:
+        """Its row in the tracking table (one relay alone keeps the name it always had)."""
+        return APP if self.count == 1 else f"{APP}#{self.index}/{self.count}"
+
+    def owns(self, originator_id: UUID) -> bool:
+        return originator_id.bytes[15] % self.count == self.index
+
+
+def _shard_count(name: str) -> int | None:
+    """The shard count a tracking row belongs to (None: not a relay's row)."""
+    if name == APP:
+        return 1
+    prefix, _, share = name.partition("#")
+    index, _, count = share.partition("/")
+    if prefix != APP or not (index.isdigit() and count.isdigit()):
+        return None
+    return int(count)
+
+
+def covered(rows: Mapping[str, int], count: int) -> int | None:
+    """The position up to which a relay of `count` shards published every event: the lowest of its
+    shards' positions; None unless every one of its shards has recorded one."""
+    names = [Shard(i, count).name for i in range(count)]
+    return min(rows[n] for n in names) if all(n in rows for n in names) else None
+
+
+def resume_point(rows: Mapping[str, int], shard: Shard) -> int:
+    """Where a shard goes on from: its own position, or further where a relay of some shard count
+    (this one or an earlier one) had published everything, so a new shard count neither skips an
+    event nor publishes the whole log again. From the start where there is neither."""
+    rows = relay_rows(rows)
+    complete = (covered(rows, count) for count in set(map(_shard_count, rows)))
+    return max([rows.get(shard.name, 0), *(p for p in complete if p is not None)])
+
+
+def published_position(rows: Mapping[str, int], count: int) -> int | None:
+    """Every event up to this position is published by a relay of `count` shards (None where no
+    relay ever ran): the lowest of the positions its shards go on from."""
+    if not relay_rows(rows):
+        return None
+    return min(resume_point(rows, Shard(i, count)) for i in range(count))
+
+
+def relay_rows(rows: Mapping[str, int]) -> dict[str, int]:
+    """The relays' rows of the tracking table (the library keeps a row of its own there too)."""
+    return {name: position for name, position in rows.items() if _shard_count(name) is not None}
+
+
+def tracked_positions(tracking: PostgresTrackingRecorder) -> dict[str, int]:
+    """Every relay's row of the tracking table: {name: position}."""
+    with tracking.datastore.transaction(commit=False) as curs:
+        curs.execute(f"SELECT application_name, notification_id FROM {tracking.tracking_table_name}")
+        return relay_rows({row["application_name"]: row["notification_id"] or 0 for row in curs.fetchall()})
 
 
 def forget_position(tracking: PostgresTrackingRecorder) -> None:
-    """Publish everything again from the start (consumers dedupe by CloudEvent id)."""
+    """Publish everything again from the start, every shard (consumers dedupe by CloudEvent id).
+    The library's own row (its table's migration mark) stays."""
     with tracking.datastore.transaction(commit=True) as curs:
-        curs.execute(f"DELETE FROM {tracking.tracking_table_name} WHERE application_name = %s", (APP,))
+        curs.execute(f"DELETE FROM {tracking.tracking_table_name} WHERE application_name = %s "
+                     "OR application_name LIKE %s", (APP, APP + "#%"))
 
 
 @dataclass
@@ -47,16 +131,18 @@ class Relay:
     """Publishes the event log to Kafka; run() until the stop event is set."""
 
     def __init__(self, store: CrmEventStore, database_url: str, bootstrap: str, *, partitions: int = 6,
-                 replication: int = 1, batch_size: int = BATCH) -> None:
-        self.store, self.bootstrap, self.batch_size = store, bootstrap, batch_size
+                 replication: int = 1, batch_size: int = BATCH, shard: Shard = Shard()) -> None:
+        self.store, self.bootstrap, self.batch_size, self.shard = store, bootstrap, batch_size, shard
         self.partitions, self.replication = partitions, replication
         self.tracking = open_tracking(database_url, "relay")
         self.status = RelayStatus(position=self.position())
         self._producer: Any = None
         self._partitioner = KeyPartitioner()
+        self._shard_query = sql.SQL(SHARD_QUERY).format(schema=sql.Identifier(store.recorder.datastore.schema),
+                                                        table=sql.Identifier(store.recorder.events_table_name))
 
     def position(self) -> int:
-        return self.tracking.max_tracking_id(APP) or 0
+        return resume_point(tracked_positions(self.tracking), self.shard)
 
     def run(self, stop: threading.Event) -> None:
         run_rounds(stop, self.publish_next, name="relay.broker", idle_wait=0.02, on_error=self._broker_failed,
@@ -71,9 +157,12 @@ class Relay:
         """Publish the next batch and advance the position once every message is acknowledged."""
         producer = self._ensure_producer()
         position = self.position()
-        notifications = self.store.recorder.select_notifications(start=position + 1, limit=self.batch_size)
+        head = self.store.position() if self.shard.count > 1 else 0  # read first: the select sees all up to it
+        notifications = self._select(position)
         if not notifications:
             self.status.broker_reachable = True
+            if head > position:  # the other shards' events only: none of ours is waiting up to head
+                self._advance(head)
             return 0
         futures = []
         self.store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
@@ -86,10 +175,26 @@ class Relay:
         for future in futures:
             if not future.succeeded():  # after the flush every future is done: this is the rare path
                 future.get(timeout=10)  # raises if the broker did not acknowledge it
-        self.tracking.insert_tracking(Tracking(APP, notifications[-1].id))
-        self.status.position, self.status.broker_reachable = notifications[-1].id, True
+        caught_up = len(notifications) < self.batch_size  # then none of ours lies between the last and head
+        self._advance(max(notifications[-1].id, head) if caught_up else notifications[-1].id)
+        self.status.broker_reachable = True
         self.status.published += len(notifications)
         return len(notifications)
+
+    def _select(self, position: int) -> Sequence[Notification]:
+        """The next batch of this shard's events after `position`, in log order."""
+        if self.shard.count == 1:
+            return self.store.recorder.select_notifications(start=position + 1, limit=self.batch_size)
+        with self.store.recorder.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._shard_query, (position, self.shard.count, self.shard.index, self.batch_size),
+                         prepare=True)
+            return [Notification(id=row["notification_id"], originator_id=row["originator_id"],
+                                 originator_version=row["originator_version"], topic=row["topic"],
+                                 state=bytes(row["state"])) for row in curs.fetchall()]
+
+    def _advance(self, position: int) -> None:
+        self.tracking.insert_tracking(Tracking(self.shard.name, position))
+        self.status.position = position
 
     def _upcast(self, notification: Any) -> dict[str, Any]:
         event = self.store.mapper.to_domain_event(notification)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="ISO 4217 default currency")
     kafka_partitions: int = Field(6, ge=1, le=1000, description="partitions of topics crm creates")
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="replication of topics crm creates")
+    relay_shards: int = Field(1, ge=1, le=256,
+                              description="relay processes of `crm relay`, each publishing a share of the aggregates")
     api_lookup_threads: int = Field(3, ge=1, le=1000,
                                     description="threads per API process for the query API's lookups")
 

@@ -78,20 +78,27 @@ def _start_chainer(runtime):  # type: ignore[no-untyped-def]
     return start_chainer(runtime)
 
 
-def _start_relay(settings: Settings, runtime):  # type: ignore[no-untyped-def]
-    """The local broker when no CRM_KAFKA_BOOTSTRAP is set; no relay when it is 'off'."""
-    from crm.infra.kafka import start_local_broker
-    from crm.infra.relay import Relay, RelayThread
+def _start_relay(settings: Settings, runtime, shard=None):  # type: ignore[no-untyped-def]
+    """The local broker when no CRM_KAFKA_BOOTSTRAP is set; no relay when it is 'off'. One relay
+    thread: all events, or those of `shard`."""
+    from crm.infra.relay import Relay, RelayThread, Shard
 
-    bootstrap, broker = settings.kafka_bootstrap, None
+    broker, bootstrap = _broker(settings)
     if bootstrap == "off":
         return None, None, "off"
-    if not bootstrap:
-        broker = start_local_broker()
-        bootstrap = broker.bootstrap
     relay = Relay(runtime.store, runtime.database_url, bootstrap, partitions=settings.kafka_partitions,
-                  replication=settings.kafka_replication_factor)
+                  replication=settings.kafka_replication_factor, shard=shard or Shard())
     return broker, RelayThread(relay).start(), bootstrap
+
+
+def _broker(settings: Settings):  # type: ignore[no-untyped-def]
+    """(local broker or None, bootstrap): a local tansu broker when CRM_KAFKA_BOOTSTRAP is unset."""
+    from crm.infra.kafka import start_local_broker
+
+    if settings.kafka_bootstrap:
+        return None, settings.kafka_bootstrap
+    broker = start_local_broker()
+    return broker, broker.bootstrap
 
 
 def _when_started(server: uvicorn.Server, announce: Callable[[], None]) -> None:
@@ -209,27 +216,84 @@ def rebuild(name: str) -> None:
 
 @main.command()
 @click.option("--replay", is_flag=True, help="forget the published position and publish everything again")
-def relay(replay: bool) -> None:
+@click.option("--shard", type=click.IntRange(0, 255), default=None,
+              help="run only this shard of CRM_RELAY_SHARDS (default: all of them, one process each)")
+@click.pass_context
+def relay(ctx: click.Context, replay: bool, shard: int | None) -> None:
     """Publish every event to Kafka (CRM_KAFKA_BOOTSTRAP; a local broker when unset) until Ctrl-C."""
-    from crm.infra.relay import forget_position
+    from crm.infra.relay import Shard, forget_position
     from crm.infra.runtime import open_runtime
 
     settings = Settings()
+    if settings.kafka_bootstrap == "off":
+        raise click.UsageError("CRM_KAFKA_BOOTSTRAP is 'off': nothing to relay")
+    if shard is not None and shard >= settings.relay_shards:
+        raise click.UsageError(f"--shard {shard}: CRM_RELAY_SHARDS is {settings.relay_shards} (shards 0 to "
+                               f"{settings.relay_shards - 1})")
     runtime = open_runtime(settings, generate_key=False)
-    broker, running, bootstrap = _start_relay(settings, runtime)
+    if shard is None and settings.relay_shards > 1:
+        try:
+            raise SystemExit(_relay_shards(settings, runtime, replay, ctx.parent.params["log_level"] if ctx.parent
+                                           else "INFO"))
+        finally:
+            runtime.close()
+    broker, running, bootstrap = _start_relay(settings, runtime, Shard(shard or 0, settings.relay_shards))
     try:
-        if running is None:
-            raise click.UsageError("CRM_KAFKA_BOOTSTRAP is 'off': nothing to relay")
         if replay:
             forget_position(running.relay.tracking)
-        log.info("relay.running", bootstrap=bootstrap)
+        log.info("relay.running", bootstrap=bootstrap, shard=running.relay.shard.name)
         running.run_until_interrupted()
     finally:
-        if running is not None and running.thread.is_alive():
+        if running.thread.is_alive():
             running.stop()
         if broker is not None:
             broker.stop()
         runtime.close()
+
+
+def _relay_shards(settings: Settings, runtime, replay: bool, log_level: str) -> int:  # type: ignore[no-untyped-def]
+    """`crm relay` with CRM_RELAY_SHARDS > 1: one `crm relay --shard i` process per shard, on this
+    database and broker, until Ctrl-C (or SIGTERM) or until one of them stops; then all stop."""
+    import os
+    import signal
+    import subprocess
+
+    from crm.infra.followers import open_tracking
+    from crm.infra.kafka import ensure_topics
+    from crm.infra.relay import forget_position
+
+    broker, bootstrap = _broker(settings)
+    ensure_topics(bootstrap, settings.kafka_partitions, settings.kafka_replication_factor)  # once, not per shard
+    if replay:
+        tracking = open_tracking(runtime.database_url, "relay")
+        forget_position(tracking)
+        tracking.datastore.close()
+    env = {**os.environ, "CRM_DATABASE_URL": runtime.database_url, "CRM_KAFKA_BOOTSTRAP": bootstrap}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the shards on SIGTERM too
+    # Each in a session of its own: a Ctrl-C reaches this process only, which passes it on once.
+    shards = [subprocess.Popen([sys.executable, "-m", "crm.cli", "--log-level", log_level, "relay", "--shard", str(i)],
+                               env=env, start_new_session=True) for i in range(settings.relay_shards)]
+    log.info("relay.shards", shards=len(shards), bootstrap=bootstrap, pids=[p.pid for p in shards])
+    failed = 0
+    try:
+        while all(p.poll() is None for p in shards):
+            time.sleep(0.2)
+        failed = 1
+        log.error("relay.shard_stopped", codes={i: p.returncode for i, p in enumerate(shards) if p.returncode is not None})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in shards:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in shards:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if broker is not None:
+            broker.stop()
+    return failed
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from uuid import UUID
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from crm.infra.kafka import TOPICS, start_local_broker
-from crm.infra.relay import Relay, RelayThread
+from crm.infra.relay import Relay, RelayThread, Shard
 from crm.infra.schemas import event_classes, stale
 from tests.integration.test_projections import a_busy_history
 
@@ -213,3 +214,86 @@ def test_the_tail_command_prints_events_as_they_arrive(fresh_system, kafka_broke
                          capture_output=True, text=True, timeout=60)
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [e["data"]["name"] for e in lines] == ["Tailed Ltd"]
+
+
+def ids_in_order(records: list) -> dict[str, list[int]]:
+    """Each aggregate's versions in the order a consumer received them."""
+    versions: dict[str, list[int]] = defaultdict(list)
+    for record in records:
+        event = json.loads(record.value)
+        versions[event["subject"]].append(event["aggregateversion"])
+    return versions
+
+
+def test_shards_share_the_log_each_event_once_and_in_order_per_aggregate(fresh_system, kafka_broker) -> None:
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    from crm.api.app import create_app
+
+    rt, admin = fresh_system()
+    a_busy_history(admin)
+    single = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3, batch_size=10)
+    assert single.publish_next() == 10  # one relay published the start of the log, then it is split in two
+    single.close()
+    shards = [RelayThread(Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3, batch_size=8,
+                                shard=Shard(i, 2))).start() for i in range(2)]
+    try:
+        more = [admin.post("/v1/customers", json={"name": f"Sharded {n}"}).json() for n in range(30)]
+        for version in range(2, 6):  # several events of one aggregate while the shards run
+            admin.patch(f"/v1/customers/{more[0]['id']}", json={"phone": f"{version}"})
+        head = rt.store.position()
+        for shard in shards:  # a shard whose last event came earlier moves on to the head as well
+            wait_published(shard, head)
+        assert rt.reads.relay_position(2) == head
+        assert rt.reads.relay_position(1) == head  # back to one relay, it would go on from there, not from 10
+        sharded_rt = replace(rt, settings=rt.settings.model_copy(update={"relay_shards": 2}))
+        health = TestClient(create_app(sharded_rt)).get("/health").json()
+    finally:
+        for shard in shards:
+            shard.stop()
+    assert health["relay"] == {"position": head, "lag_events": 0, "lag_seconds": 0.0, "broker_reachable": None}
+    records = consume_all(kafka_broker.bootstrap, head)
+    events = [json.loads(r.value) for r in records]
+    assert sorted(e["position"] for e in events) == list(range(1, head + 1)), "each event exactly once"
+    published = [s.relay.status.published for s in shards]
+    owned = [sum(1 for e in events if e["position"] > 10 and Shard(i, 2).owns(UUID(e["subject"]))) for i in range(2)]
+    assert published == owned and min(owned) > 0, (published, owned)
+    for subject, versions in ids_in_order(records).items():
+        assert versions == sorted(versions), subject
+    assert ids_in_order(records)[more[0]["id"]] == [1, 2, 3, 4, 5]
+
+
+def test_crm_relay_runs_a_process_per_shard_and_stops_them_all(fresh_system, kafka_broker) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    rt, admin = fresh_system()
+    for n in range(20):
+        admin.post("/v1/customers", json={"name": f"Relayed {n}"})
+    head = rt.store.position()
+    env = {**os.environ, "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+           "CRM_RELAY_SHARDS": "2"}
+    relay = subprocess.Popen([str(Path(sys.executable).with_name("crm")), "relay"], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while rt.reads.relay_position(2) != head:
+            assert relay.poll() is None, relay.communicate()[0]
+            assert time.monotonic() < deadline, f"published {rt.reads.relay_position(2)} of {head}"
+            time.sleep(0.2)
+    finally:
+        relay.send_signal(signal.SIGINT)
+        output = relay.communicate(timeout=30)[0]
+    assert relay.returncode == 0 and "Traceback" not in output, output
+    pids = [int(p) for p in re.findall(r"\d+", re.search(r"pids.{0,4}\[([\d, ]+)\]", output)[1])]
+    assert len(pids) == 2
+    for pid in pids:  # stopped with the command, not left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    events = [json.loads(r.value) for r in consume_all(kafka_broker.bootstrap, head)]
+    assert sorted(e["position"] for e in events) == list(range(1, head + 1))
