@@ -82,15 +82,24 @@ def cut(state: bytes, class_version: int) -> tuple[bytes, bytes, bytes] | None:
     return head[1], tail[1], b"{" + plain[head.end():]
 
 
-def to_cloudevent(notification: Notification, upcast: Callable[[Notification], dict[str, Any]]
+def to_cloudevent(notification: Notification, upcast: Callable[[Notification], dict[str, Any]],
+                  opened: Callable[[Notification], tuple[bytes, bytes] | None] = lambda n: None
                   ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     """(topic, key, value, headers) of one event; `id` is `<aggregate id>:<version>`, the dedupe key.
 
     The stored JSON is used as it is (cut, not decoded), unless it was written by an older version
-    of the event class or holds sealed personal data: then `upcast` (the library's mapper, which
-    runs the class's upcasters and opens the seal) supplies it."""
+    of the event class: then `upcast` (the library's mapper, which runs the class's upcasters and
+    opens the seal) supplies it. Sealed personal data is opened by `opened` (the mapper's
+    `opened_json`) and its fields spliced in last, where the decoded event has them; where it
+    cannot (another shape), `upcast` supplies the event."""
     kafka_topic, ce_type, schema = event_type(notification.topic)
-    pieces = cut(notification.state, _class_version(notification.topic))
+    state, personal = notification.state, None
+    if _PERSONAL_MARK in state and (found := opened(notification)) is not None:
+        state, personal = found
+    pieces = cut(state, _class_version(notification.topic))
+    if pieces is not None and personal is not None:
+        fields = unwrap(personal)
+        pieces = pieces if fields == b"{}" else (pieces[0], pieces[1], pieces[2][:-1] + b"," + fields[1:])
     if pieces is not None:
         return _spliced(kafka_topic, ce_type, schema, notification, *pieces)
     return decoded_cloudevent(notification, upcast)

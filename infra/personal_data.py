@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -247,14 +249,25 @@ class PersonalDataMapper(Mapper[UUID]):
         key = self.keys.key_for(UUID(seal["customer"]), create=False) if "sealed" in seal else None
         if key is None:
             return {name: ERASED[name] for name in seal["fields"]}
-        try:
-            plain = AESGCM(key).decrypt(base64.b64decode(seal["nonce"]), base64.b64decode(seal["sealed"]),
-                                        _aad(stored_event.originator_id, stored_event.originator_version))
-        except InvalidTag as error:
-            raise ValueError(f"personal data of event {stored_event.originator_id}:"
-                             f"{stored_event.originator_version} does not open with its customer's key") from error
-        opened: dict[str, Any] = self.transcoder.decode(plain)
+        opened: dict[str, Any] = self.transcoder.decode(_decrypt(key, seal["nonce"], seal["sealed"], stored_event))
         return opened
+
+    def opened_json(self, stored: StoredEvent) -> tuple[bytes, bytes] | None:
+        """For the relay: (the stored JSON without its seal, the sealed fields as stored JSON), the
+        seal opened (or its fields as ERASED) without decoding the rest of the event. Only where
+        the fields sit at the top level of the state and the seal ends it, as `to_stored_event`
+        writes it; None otherwise (the caller decodes the event through the mapper)."""
+        sealed = SEALED.get(stored.topic)
+        found = _SEAL_AT_END.search(stored.state) if sealed is not None and not sealed.path else None
+        if found is None:
+            return None
+        customer, fields, nonce, ciphertext = found.groups()
+        key = self.keys.key_for(UUID(customer.decode()), create=False) if ciphertext is not None else None
+        if key is None:
+            personal = json.dumps({name: ERASED[name] for name in json.loads(fields)}, separators=(",", ":")).encode()
+        else:
+            personal = _decrypt(key, nonce.decode(), ciphertext.decode(), stored)
+        return stored.state[:found.start()] + b"}", personal
 
     def prefetch(self, stored_events: Iterable[StoredEvent]) -> None:
         """Load the keys a batch of stored events will need, in one query."""
@@ -264,6 +277,21 @@ class PersonalDataMapper(Mapper[UUID]):
                 owners.append(_owner(stored))
         if owners:
             self.keys.prefetch(owners)
+
+
+# The seal as to_stored_event appends it, last in the state: customer, fields, and (unless the
+# customer was already erased) nonce and ciphertext, both base64.
+_SEAL_AT_END = re.compile(rb',"%s":\{"customer":"([0-9a-f]{32})","fields":(\[[^\]]*\])'
+                          rb'(?:,"nonce":"([A-Za-z0-9+/=]*)","sealed":"([A-Za-z0-9+/=]*)")?\}\}\Z' % FIELD.encode())
+
+
+def _decrypt(key: bytes, nonce: str, sealed: str, stored_event: StoredEvent) -> bytes:
+    try:
+        return AESGCM(key).decrypt(base64.b64decode(nonce), base64.b64decode(sealed),
+                                   _aad(stored_event.originator_id, stored_event.originator_version))
+    except InvalidTag as error:
+        raise ValueError(f"personal data of event {stored_event.originator_id}:"
+                         f"{stored_event.originator_version} does not open with its customer's key") from error
 
 
 def _owner(stored: StoredEvent) -> UUID:

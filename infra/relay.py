@@ -167,9 +167,10 @@ class Relay:
         futures = []
         self.store.mapper.prefetch(notifications)  # type: ignore[attr-defined]
         send, partition, upcast = producer.send, self._partitioner.for_round(producer), self._upcast
+        opened = self.store.mapper.opened_json  # type: ignore[attr-defined]
         with cycle_collector_paused():
             for notification in notifications:
-                topic, key, value, headers = to_cloudevent(notification, upcast)
+                topic, key, value, headers = to_cloudevent(notification, upcast, opened)
                 futures.append(send(topic, key=key, value=value, headers=headers, partition=partition(topic, key)))
         producer.flush(timeout=10)
         for future in futures:

@@ -93,16 +93,30 @@ def test_the_envelope_cut_from_the_stored_json_equals_the_decoded_one(fresh_syst
 
     rt, admin = fresh_system(with_runners=False)
     history = a_busy_history(admin)
+    gone = admin.post("/v1/customers", json={"name": "Zoë Erased", "email": "z@example.com",
+                                             "birthday": "1980-02-29"}).json()["id"]
+    admin.patch(f"/v1/customers/{gone}", json={"phone": "+44 1"})  # sealed in a nested dict: decoded
+    assert admin.post(f"/v1/customers/{gone}/erase", json={"reason": "GDPR"}).status_code == 200
+    admin.post("/v1/customers", json={"name": "Ünïcode \"quoted\" Ltd", "special_days": [
+        {"label": "founded", "month": 3, "day": 1}]})
+    head = rt.store.position()
     relay = Relay(rt.store, rt.database_url, "127.0.0.1:1")  # never connects: only its upcast is used
-    notifications = rt.store.recorder.select_notifications(start=1, limit=history["position"])
-    sealed = 0
+    notifications = rt.store.recorder.select_notifications(start=1, limit=head)
+    rt.store.mapper.prefetch(notifications)
+    sealed, opened_whole = 0, 0
     for notification in notifications:
-        topic, key, value, headers = to_cloudevent(notification, relay._upcast)
+        topic, key, value, headers = to_cloudevent(notification, relay._upcast, rt.store.mapper.opened_json)
         d_topic, d_key, d_value, d_headers = decoded_cloudevent(notification, relay._upcast)
         assert (topic, key, headers) == (d_topic, d_key, d_headers), notification.id
         assert json.loads(value) == json.loads(d_value), notification.id
+        assert list(json.loads(value)["data"]) == list(json.loads(d_value)["data"]), "fields in the same order"
         sealed += b'"_personal"' in notification.state
-    assert len(notifications) == history["position"] > 20 and 0 < sealed < len(notifications)
+        opened_whole += rt.store.mapper.opened_json(notification) is not None
+    assert len(notifications) == head > history["position"] > 20 and 0 < sealed < len(notifications)
+    assert 0 < opened_whole < sealed  # the registrations without decoding; the profile update through the mapper
+    erased = [json.loads(to_cloudevent(n, relay._upcast, rt.store.mapper.opened_json)[2]) for n in notifications
+              if str(n.originator_id) == gone and n.originator_version == 1]
+    assert erased[0]["data"]["name"] == "[erased]" and erased[0]["data"]["email"] is None
     relay.close()
 
 
