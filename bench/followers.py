@@ -38,7 +38,8 @@ def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float
             return store.position() / _publish_all(store, url, broker.bootstrap, Shard())
         spawn = multiprocessing.get_context("spawn")
         ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
-        processes = [spawn.Process(target=_shard_process, args=(url, broker.bootstrap, Shard(i, shards), ready, go, done))
+        processes = [spawn.Process(target=_shard_process,
+                                   args=(url, broker.bootstrap, Shard(i, shards), ready, go, done))
                      for i in range(shards)]
         for process in processes:
             process.start()

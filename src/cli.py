@@ -259,11 +259,9 @@ def _relay_shards(settings: Settings, runtime, replay: bool, log_level: str) -> 
     import subprocess
 
     from crm.infra.followers import open_tracking
-    from crm.infra.kafka import ensure_topics
     from crm.infra.relay import forget_position
 
-    broker, bootstrap = _broker(settings)
-    ensure_topics(bootstrap, settings.kafka_partitions, settings.kafka_replication_factor)  # once, not per shard
+    broker, bootstrap = _broker(settings)  # each shard creates missing topics (and retries while the broker is away)
     if replay:
         tracking = open_tracking(runtime.database_url, "relay")
         forget_position(tracking)
@@ -279,7 +277,8 @@ def _relay_shards(settings: Settings, runtime, replay: bool, log_level: str) -> 
         while all(p.poll() is None for p in shards):
             time.sleep(0.2)
         failed = 1
-        log.error("relay.shard_stopped", codes={i: p.returncode for i, p in enumerate(shards) if p.returncode is not None})
+        log.error("relay.shard_stopped",
+                  codes={i: p.returncode for i, p in enumerate(shards) if p.returncode is not None})
     except KeyboardInterrupt:
         pass
     finally:

@@ -279,35 +279,44 @@ def test_shards_share_the_log_each_event_once_and_in_order_per_aggregate(fresh_s
     assert ids_in_order(records)[more[0]["id"]] == [1, 2, 3, 4, 5]
 
 
-def test_crm_relay_runs_a_process_per_shard_and_stops_them_all(fresh_system, kafka_broker) -> None:
+def test_crm_relay_runs_a_process_per_shard_waits_for_the_broker_and_stops_them_all(fresh_system) -> None:
     import os
     import re
     import signal
     import subprocess
     import sys
 
+    from crm.infra.kafka import free_port
+
     rt, admin = fresh_system()
     for n in range(20):
         admin.post("/v1/customers", json={"name": f"Relayed {n}"})
     head = rt.store.position()
-    env = {**os.environ, "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+    port = free_port()
+    env = {**os.environ, "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
            "CRM_RELAY_SHARDS": "2"}
     relay = subprocess.Popen([str(Path(sys.executable).with_name("crm")), "relay"], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    broker = None
     try:
+        time.sleep(3)
+        assert relay.poll() is None, "with the broker away the shards wait for it: " + relay.communicate()[0]
+        broker = start_local_broker(port)
         deadline = time.monotonic() + 60
         while rt.reads.relay_position(2) != head:
             assert relay.poll() is None, relay.communicate()[0]
             assert time.monotonic() < deadline, f"published {rt.reads.relay_position(2)} of {head}"
             time.sleep(0.2)
+        events = [json.loads(r.value) for r in consume_all(broker.bootstrap, head)]
     finally:
         relay.send_signal(signal.SIGINT)
         output = relay.communicate(timeout=30)[0]
+        if broker is not None:
+            broker.stop()
     assert relay.returncode == 0 and "Traceback" not in output, output
     pids = [int(p) for p in re.findall(r"\d+", re.search(r"pids.{0,4}\[([\d, ]+)\]", output)[1])]
     assert len(pids) == 2
     for pid in pids:  # stopped with the command, not left running
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    events = [json.loads(r.value) for r in consume_all(kafka_broker.bootstrap, head)]
     assert sorted(e["position"] for e in events) == list(range(1, head + 1))
