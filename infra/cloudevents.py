@@ -93,10 +93,10 @@ def to_cloudevent(notification: Notification, upcast: Callable[[Notification], d
     `opened_json`) and its fields spliced in last, where the decoded event has them; where it
     cannot (another shape), `upcast` supplies the event."""
     kafka_topic, ce_type, schema = event_type(notification.topic)
-    state, personal = notification.state, None
-    if _PERSONAL_MARK in state and (found := opened(notification)) is not None:
+    state, personal, class_version = notification.state, None, _class_version(notification.topic)
+    if class_version == 1 and _PERSONAL_MARK in state and (found := opened(notification)) is not None:
         state, personal = found
-    pieces = cut(state, _class_version(notification.topic))
+    pieces = cut(state, class_version)
     if pieces is not None and personal is not None:
         fields = unwrap(personal)
         pieces = pieces if fields == b"{}" else (pieces[0], pieces[1], pieces[2][:-1] + b"," + fields[1:])

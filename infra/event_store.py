@@ -5,12 +5,11 @@ from __future__ import annotations
 import struct
 import time
 from datetime import date
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import structlog
 from eventsourcing.application import Application, ProcessingEvent, Repository, project_aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, Transcoding
-from eventsourcing.persistence import InternalError as PersistenceInternalError
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, PersistenceError, Transcoding
 from psycopg import errors, sql
 
 from crm.aggregates.customer import Customer
@@ -93,22 +92,28 @@ class CrmEventStore(Application[Any]):
 
 
 _DDL_RACES = ("tuple concurrently updated", "pg_type_typname_nsp_index", "already exists")
+T = TypeVar("T")
 
 
 def open_event_store(database_url: str, attempts: int = 5) -> CrmEventStore:
-    """The store, its tables created when missing. Processes that start together (`crm up`'s
-    workers, a benchmark's writers) run the library's CREATE ... IF NOT EXISTS statements at once,
+    """The store, its tables created when missing (see retry_ddl_races)."""
+    return retry_ddl_races(lambda: CrmEventStore(env=eventsourcing_env(database_url)), attempts)
+
+
+def retry_ddl_races(make: Callable[[], T], attempts: int = 5) -> T:
+    """make(), which runs the library's CREATE ... IF NOT EXISTS statements. Processes that start
+    together (`crm up`'s workers, a benchmark's writers, `crm relay`'s shards) run them at once,
     and PostgreSQL can refuse one of them ("tuple concurrently updated", or a duplicate key in its
     catalog when the table is new; a `make bench` run stopped on the first): that attempt is made
     again, shortly after, when the others have finished."""
     for attempt in range(1, attempts):
         try:
-            return CrmEventStore(env=eventsourcing_env(database_url))
-        except (PersistenceInternalError, IntegrityError) as error:
+            return make()
+        except PersistenceError as error:
             if not any(race in str(error) for race in _DDL_RACES):
                 raise
             time.sleep(0.05 * attempt)
-    return CrmEventStore(env=eventsourcing_env(database_url))
+    return make()
 
 
 # The library's recorder pipelines one INSERT … RETURNING per event. Measured here: one call

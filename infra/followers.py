@@ -13,6 +13,7 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.utils import Environment
 
+from crm.infra.event_store import retry_ddl_races
 from crm.infra.postgres import eventsourcing_env
 
 log = structlog.get_logger(__name__)
@@ -27,7 +28,7 @@ class Follower(Protocol):
 def open_tracking(database_url: str, name: str) -> PostgresTrackingRecorder:
     """The library's tracking recorder for one follower: table `<name>_tracking`, one connection."""
     env = Environment(name, {**eventsourcing_env(database_url), "POSTGRES_POOL_SIZE": "1"})
-    return InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder)
+    return retry_ddl_races(lambda: InfrastructureFactory.construct(env=env).tracking_recorder(PostgresTrackingRecorder))
 
 
 def run_rounds(stop: threading.Event, one_round: Callable[[], int], *, name: str,

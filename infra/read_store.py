@@ -59,7 +59,8 @@ class PgReadStore:
                 rows = conn.execute("SELECT application_name, notification_id FROM relay_tracking").fetchall()
         except UndefinedTable:  # no relay_tracking table: no relay has run here
             return None
-        return published_position({name: position or 0 for name, position in rows}, shards)
+        # 0 once the table exists, as before any shard recorded a position (after `--replay` too)
+        return published_position({name: position or 0 for name, position in rows}, shards) or 0
 
     def saga_status(self) -> dict[str, int] | None:
         """The SLA saga's position and pending deadlines (None where no saga ever ran here)."""

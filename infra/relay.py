@@ -71,7 +71,7 @@ def _shard_count(name: str) -> int | None:
         return 1
     prefix, _, share = name.partition("#")
     index, _, count = share.partition("/")
-    if prefix != APP or not (index.isdigit() and count.isdigit()):
+    if prefix != APP or not (index.isdigit() and count.isdigit()) or not int(index) < int(count) <= MAX_SHARDS:
         return None
     return int(count)
 
@@ -157,7 +157,9 @@ class Relay:
         """Publish the next batch and advance the position once every message is acknowledged."""
         producer = self._ensure_producer()
         position = self.position()
-        head = self.store.position() if self.shard.count > 1 else 0  # read first: the select sees all up to it
+        # Read first: the select then sees every event up to it, since writers take the library's table
+        # lock until they commit, so positions become visible in order (the relay never skips on that).
+        head = self.store.position() if self.shard.count > 1 else 0
         notifications = self._select(position)
         if not notifications:
             self.status.broker_reachable = True

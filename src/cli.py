@@ -215,13 +215,16 @@ def rebuild(name: str) -> None:
 
 
 @main.command()
-@click.option("--replay", is_flag=True, help="forget the published position and publish everything again")
+@click.option("--replay", is_flag=True,
+              help="forget the published position of every shard and publish everything again")
 @click.option("--shard", type=click.IntRange(0, 255), default=None,
               help="run only this shard of CRM_RELAY_SHARDS (default: all of them, one process each)")
+@click.option("--supervised", is_flag=True, hidden=True,
+              help="started by `crm relay`: stop when stdin closes (the supervisor has gone)")
 @click.pass_context
-def relay(ctx: click.Context, replay: bool, shard: int | None) -> None:
+def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool) -> None:
     """Publish every event to Kafka (CRM_KAFKA_BOOTSTRAP; a local broker when unset) until Ctrl-C."""
-    from crm.infra.relay import Shard, forget_position
+    from crm.infra.relay import Shard
     from crm.infra.runtime import open_runtime
 
     settings = Settings()
@@ -231,16 +234,17 @@ def relay(ctx: click.Context, replay: bool, shard: int | None) -> None:
         raise click.UsageError(f"--shard {shard}: CRM_RELAY_SHARDS is {settings.relay_shards} (shards 0 to "
                                f"{settings.relay_shards - 1})")
     runtime = open_runtime(settings, generate_key=False)
+    if replay:  # before anything publishes: a batch in flight would write its position back
+        _forget_relay_positions(runtime.database_url)
     if shard is None and settings.relay_shards > 1:
         try:
-            raise SystemExit(_relay_shards(settings, runtime, replay, ctx.parent.params["log_level"] if ctx.parent
-                                           else "INFO"))
+            raise SystemExit(_relay_shards(settings, runtime, ctx.parent.params["log_level"] if ctx.parent else "INFO"))
         finally:
             runtime.close()
     broker, running, bootstrap = _start_relay(settings, runtime, Shard(shard or 0, settings.relay_shards))
     try:
-        if replay:
-            forget_position(running.relay.tracking)
+        if supervised:
+            _stop_when_stdin_closes(running.stop_event)
         log.info("relay.running", bootstrap=bootstrap, shard=running.relay.shard.name)
         running.run_until_interrupted()
     finally:
@@ -251,29 +255,48 @@ def relay(ctx: click.Context, replay: bool, shard: int | None) -> None:
         runtime.close()
 
 
-def _relay_shards(settings: Settings, runtime, replay: bool, log_level: str) -> int:  # type: ignore[no-untyped-def]
+def _forget_relay_positions(database_url: str) -> None:
+    from crm.infra.followers import open_tracking
+    from crm.infra.relay import forget_position
+
+    tracking = open_tracking(database_url, "relay")
+    try:
+        forget_position(tracking)
+    finally:
+        tracking.datastore.close()
+
+
+def _stop_when_stdin_closes(stop: threading.Event) -> None:
+    """A shard started by `crm relay` stops when the supervisor goes, however it went (killed
+    too): its stdin is a pipe from the supervisor, which reaches end-of-file then."""
+    def watch() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
+
+    threading.Thread(target=watch, name="crm-relay-supervisor-watch", daemon=True).start()
+
+
+def _relay_shards(settings: Settings, runtime, log_level: str) -> int:  # type: ignore[no-untyped-def]
     """`crm relay` with CRM_RELAY_SHARDS > 1: one `crm relay --shard i` process per shard, on this
-    database and broker, until Ctrl-C (or SIGTERM) or until one of them stops; then all stop."""
+    database and broker, until Ctrl-C, SIGTERM or SIGHUP, or until one of them stops; then all
+    stop. Each shard watches its stdin, a pipe from here: closing it stops the shard cleanly, and
+    it closes by itself if this process dies."""
     import os
     import signal
     import subprocess
 
-    from crm.infra.followers import open_tracking
-    from crm.infra.relay import forget_position
-
-    broker, bootstrap = _broker(settings)  # each shard creates missing topics (and retries while the broker is away)
-    if replay:
-        tracking = open_tracking(runtime.database_url, "relay")
-        forget_position(tracking)
-        tracking.datastore.close()
-    env = {**os.environ, "CRM_DATABASE_URL": runtime.database_url, "CRM_KAFKA_BOOTSTRAP": bootstrap}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the shards on SIGTERM too
-    # Each in a session of its own: a Ctrl-C reaches this process only, which passes it on once.
-    shards = [subprocess.Popen([sys.executable, "-m", "crm.cli", "--log-level", log_level, "relay", "--shard", str(i)],
-                               env=env, start_new_session=True) for i in range(settings.relay_shards)]
-    log.info("relay.shards", shards=len(shards), bootstrap=bootstrap, pids=[p.pid for p in shards])
-    failed = 0
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, signal.default_int_handler)  # like Ctrl-C
+    broker, shards, failed = None, [], 0
     try:
+        broker, bootstrap = _broker(settings)  # each shard creates missing topics, retrying while the broker is away
+        env = {**os.environ, "CRM_DATABASE_URL": runtime.database_url, "CRM_KAFKA_BOOTSTRAP": bootstrap,
+               "CRM_RELAY_SHARDS": str(settings.relay_shards)}
+        for i in range(settings.relay_shards):  # sessions of their own: a Ctrl-C at the terminal reaches only this
+            shards.append(subprocess.Popen([sys.executable, "-m", "crm.cli", "--log-level", log_level, "relay",
+                                            "--shard", str(i), "--supervised"],
+                                           env=env, stdin=subprocess.PIPE, start_new_session=True))
+        log.info("relay.shards", shards=len(shards), bootstrap=bootstrap, pids=[p.pid for p in shards])
         while all(p.poll() is None for p in shards):
             time.sleep(0.2)
         failed = 1
@@ -282,9 +305,10 @@ def _relay_shards(settings: Settings, runtime, replay: bool, log_level: str) -> 
     except KeyboardInterrupt:
         pass
     finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, signal.SIG_IGN)  # the clean-up below is not cut short
         for p in shards:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+            p.stdin.close()  # type: ignore[union-attr]
         for p in shards:
             try:
                 p.wait(timeout=15)

@@ -89,6 +89,7 @@ def test_every_event_arrives_once_as_a_valid_cloudevent(fresh_system, kafka_brok
 
 def test_the_envelope_cut_from_the_stored_json_equals_the_decoded_one(fresh_system) -> None:
     from crm.infra.cloudevents import decoded_cloudevent, to_cloudevent
+    from crm.infra.personal_data import REGISTERED
     from crm.infra.relay import Relay
 
     rt, admin = fresh_system(with_runners=False)
@@ -103,17 +104,22 @@ def test_the_envelope_cut_from_the_stored_json_equals_the_decoded_one(fresh_syst
     relay = Relay(rt.store, rt.database_url, "127.0.0.1:1")  # never connects: only its upcast is used
     notifications = rt.store.recorder.select_notifications(start=1, limit=head)
     rt.store.mapper.prefetch(notifications)
-    sealed, opened_whole = 0, 0
+    def not_through_the_mapper(notification):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"a registration was decoded through the mapper: {notification.id}")
+
+    sealed, registrations = 0, 0
     for notification in notifications:
-        topic, key, value, headers = to_cloudevent(notification, relay._upcast, rt.store.mapper.opened_json)
+        registration = notification.topic == REGISTERED  # sealed at the top level: opened in place
+        registrations += registration
+        upcast = not_through_the_mapper if registration else relay._upcast
+        topic, key, value, headers = to_cloudevent(notification, upcast, rt.store.mapper.opened_json)
         d_topic, d_key, d_value, d_headers = decoded_cloudevent(notification, relay._upcast)
         assert (topic, key, headers) == (d_topic, d_key, d_headers), notification.id
         assert json.loads(value) == json.loads(d_value), notification.id
         assert list(json.loads(value)["data"]) == list(json.loads(d_value)["data"]), "fields in the same order"
         sealed += b'"_personal"' in notification.state
-        opened_whole += rt.store.mapper.opened_json(notification) is not None
     assert len(notifications) == head > history["position"] > 20 and 0 < sealed < len(notifications)
-    assert 0 < opened_whole < sealed  # the registrations without decoding; the profile update through the mapper
+    assert 0 < registrations < sealed  # the profile updates and resolution e-mails went through the mapper
     erased = [json.loads(to_cloudevent(n, relay._upcast, rt.store.mapper.opened_json)[2]) for n in notifications
               if str(n.originator_id) == gone and n.originator_version == 1]
     assert erased[0]["data"]["name"] == "[erased]" and erased[0]["data"]["email"] is None
@@ -279,12 +285,59 @@ def test_shards_share_the_log_each_event_once_and_in_order_per_aggregate(fresh_s
     assert ids_in_order(records)[more[0]["id"]] == [1, 2, 3, 4, 5]
 
 
+class ShardedRelay:
+    """`crm relay` with CRM_RELAY_SHARDS=2 as a real process tree; its output collected as it comes."""
+
+    def __init__(self, rt, bootstrap: str) -> None:  # type: ignore[no-untyped-def]
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        env = {**os.environ, "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": bootstrap,
+               "CRM_RELAY_SHARDS": "2"}
+        self.process = subprocess.Popen([str(Path(sys.executable).with_name("crm")), "relay"], env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()  # type: ignore[arg-type]
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def shard_pids(self, timeout: float = 30.0) -> list[int]:
+        import re
+
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(r"pids.{0,4}\[([\d, ]+)\]", self.output)):
+            assert self.process.poll() is None and time.monotonic() < deadline, self.output
+            time.sleep(0.05)
+        return [int(p) for p in re.findall(r"\d+", found[1])]
+
+    def wait_published(self, rt, head: int, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while rt.reads.relay_position(2) != head:
+            assert self.process.poll() is None, self.output
+            assert time.monotonic() < deadline, f"published {rt.reads.relay_position(2)} of {head}"
+            time.sleep(0.2)
+
+
+def gone(pid: int, timeout: float = 20.0) -> bool:
+    """The process has exited (a zombie nobody reaped counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 def test_crm_relay_runs_a_process_per_shard_waits_for_the_broker_and_stops_them_all(fresh_system) -> None:
-    import os
-    import re
     import signal
-    import subprocess
-    import sys
 
     from crm.infra.kafka import free_port
 
@@ -293,30 +346,45 @@ def test_crm_relay_runs_a_process_per_shard_waits_for_the_broker_and_stops_them_
         admin.post("/v1/customers", json={"name": f"Relayed {n}"})
     head = rt.store.position()
     port = free_port()
-    env = {**os.environ, "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
-           "CRM_RELAY_SHARDS": "2"}
-    relay = subprocess.Popen([str(Path(sys.executable).with_name("crm")), "relay"], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    relay = ShardedRelay(rt, f"127.0.0.1:{port}")
     broker = None
     try:
-        time.sleep(3)
-        assert relay.poll() is None, "with the broker away the shards wait for it: " + relay.communicate()[0]
+        pids = relay.shard_pids()
+        time.sleep(2)
+        assert relay.process.poll() is None, "with the broker away the shards wait for it: " + relay.output
         broker = start_local_broker(port)
-        deadline = time.monotonic() + 60
-        while rt.reads.relay_position(2) != head:
-            assert relay.poll() is None, relay.communicate()[0]
-            assert time.monotonic() < deadline, f"published {rt.reads.relay_position(2)} of {head}"
-            time.sleep(0.2)
+        relay.wait_published(rt, head)
         events = [json.loads(r.value) for r in consume_all(broker.bootstrap, head)]
     finally:
-        relay.send_signal(signal.SIGINT)
-        output = relay.communicate(timeout=30)[0]
+        relay.process.send_signal(signal.SIGINT)
+        relay.process.wait(timeout=30)
         if broker is not None:
             broker.stop()
-    assert relay.returncode == 0 and "Traceback" not in output, output
-    pids = [int(p) for p in re.findall(r"\d+", re.search(r"pids.{0,4}\[([\d, ]+)\]", output)[1])]
-    assert len(pids) == 2
-    for pid in pids:  # stopped with the command, not left running
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    assert relay.process.returncode == 0 and "Traceback" not in relay.output, relay.output
+    assert len(pids) == 2 and all(gone(pid, timeout=0) for pid in pids), "stopped with the command"
     assert sorted(e["position"] for e in events) == list(range(1, head + 1))
+
+
+def test_crm_relay_stops_every_shard_when_one_stops_or_when_it_is_killed(fresh_system, kafka_broker) -> None:
+    import os
+    import signal
+
+    rt, admin = fresh_system()
+    admin.post("/v1/customers", json={"name": "Relayed"})
+    head = rt.store.position()
+    relay = ShardedRelay(rt, kafka_broker.bootstrap)
+    try:
+        first, second = relay.shard_pids()
+        relay.wait_published(rt, head)
+        os.kill(first, signal.SIGKILL)  # a shard dies: the command stops the other and fails
+        assert relay.process.wait(timeout=30) == 1, relay.output
+        assert gone(second, timeout=0) and "relay.shard_stopped" in relay.output
+    finally:
+        if relay.process.poll() is None:
+            relay.process.kill()
+    relay = ShardedRelay(rt, kafka_broker.bootstrap)
+    pids = relay.shard_pids()
+    relay.wait_published(rt, head)
+    relay.process.kill()  # the command itself killed, with no chance to clean up: its shards still stop
+    relay.process.wait(timeout=10)
+    assert all(gone(pid) for pid in pids), relay.output
