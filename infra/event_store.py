@@ -91,7 +91,10 @@ class CrmEventStore(Application[Any]):
         return self.recorder.max_notification_id() or 0
 
 
-_DDL_RACES = ("tuple concurrently updated", "pg_type_typname_nsp_index", "already exists")
+# What PostgreSQL (or the library, for its tracking tables' first row) says when another process
+# created the same table at the same moment.
+_DDL_RACES = ("tuple concurrently updated", "pg_type_typname_nsp_index", "already exists",
+              "Failed to record tracking for __migration__")
 T = TypeVar("T")
 
 

@@ -16,6 +16,7 @@ the tracking table. The position of the whole relay is the lowest of its shards'
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,15 +66,17 @@ class Shard:
         return originator_id.bytes[15] % self.count == self.index
 
 
+_SHARD_NAME = re.compile(re.escape(APP) + r"#([0-9]{1,3})/([0-9]{1,3})")
+
+
 def _shard_count(name: str) -> int | None:
     """The shard count a tracking row belongs to (None: not a relay's row)."""
     if name == APP:
         return 1
-    prefix, _, share = name.partition("#")
-    index, _, count = share.partition("/")
-    if prefix != APP or not (index.isdigit() and count.isdigit()) or not int(index) < int(count) <= MAX_SHARDS:
+    found = _SHARD_NAME.fullmatch(name)
+    if found is None or not int(found[1]) < int(found[2]) <= MAX_SHARDS:
         return None
-    return int(count)
+    return int(found[2])
 
 
 def covered(rows: Mapping[str, int], count: int) -> int | None:

@@ -233,6 +233,8 @@ def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool)
     if shard is not None and shard >= settings.relay_shards:
         raise click.UsageError(f"--shard {shard}: CRM_RELAY_SHARDS is {settings.relay_shards} (shards 0 to "
                                f"{settings.relay_shards - 1})")
+    if supervised and (sys.stdin is None or sys.stdin.isatty()):
+        raise click.UsageError("--supervised is for the shards `crm relay` starts (stdin a pipe from it)")
     runtime = open_runtime(settings, generate_key=False)
     if replay:  # before anything publishes: a batch in flight would write its position back
         _forget_relay_positions(runtime.database_url)
@@ -270,8 +272,15 @@ def _stop_when_stdin_closes(stop: threading.Event) -> None:
     """A shard started by `crm relay` stops when the supervisor goes, however it went (killed
     too): its stdin is a pipe from the supervisor, which reaches end-of-file then."""
     def watch() -> None:
-        sys.stdin.buffer.read()
-        stop.set()
+        import os
+
+        try:  # os.read, not sys.stdin: a thread blocked inside the buffered reader aborts the exit
+            while os.read(descriptor, 65536):
+                pass
+        finally:
+            stop.set()
+
+    descriptor = sys.stdin.fileno()
 
     threading.Thread(target=watch, name="crm-relay-supervisor-watch", daemon=True).start()
 
@@ -285,8 +294,11 @@ def _relay_shards(settings: Settings, runtime, log_level: str) -> int:  # type: 
     import signal
     import subprocess
 
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, signal.default_int_handler)  # like Ctrl-C
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.getsignal(sig) for sig in stop_signals}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if before[sig] is not signal.SIG_IGN:  # nohup's choice stands
+            signal.signal(sig, signal.default_int_handler)  # like Ctrl-C
     broker, shards, failed = None, [], 0
     try:
         broker, bootstrap = _broker(settings)  # each shard creates missing topics, retrying while the broker is away
@@ -305,17 +317,22 @@ def _relay_shards(settings: Settings, runtime, log_level: str) -> int:  # type: 
     except KeyboardInterrupt:
         pass
     finally:
-        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(stop_signal, signal.SIG_IGN)  # the clean-up below is not cut short
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)  # the clean-up below is not cut short
         for p in shards:
             p.stdin.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 15
         for p in shards:
             try:
-                p.wait(timeout=15)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+        log.info("relay.shards_stopped", codes=[p.returncode for p in shards])
         if broker is not None:
             broker.stop()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     return failed
 
 

@@ -314,12 +314,22 @@ class ShardedRelay:
             time.sleep(0.05)
         return [int(p) for p in re.findall(r"\d+", found[1])]
 
+    def logged(self, event: str) -> list[dict]:
+        return [line for line in map(_json_or_none, self.lines) if line and line.get("event") == event]
+
     def wait_published(self, rt, head: int, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
         while rt.reads.relay_position(2) != head:
             assert self.process.poll() is None, self.output
             assert time.monotonic() < deadline, f"published {rt.reads.relay_position(2)} of {head}"
             time.sleep(0.2)
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def gone(pid: int, timeout: float = 20.0) -> bool:
@@ -362,6 +372,7 @@ def test_crm_relay_runs_a_process_per_shard_waits_for_the_broker_and_stops_them_
             broker.stop()
     assert relay.process.returncode == 0 and "Traceback" not in relay.output, relay.output
     assert len(pids) == 2 and all(gone(pid, timeout=0) for pid in pids), "stopped with the command"
+    assert relay.logged("relay.shards_stopped")[0]["codes"] == [0, 0], "each stopped cleanly, none killed"
     assert sorted(e["position"] for e in events) == list(range(1, head + 1))
 
 
@@ -378,13 +389,21 @@ def test_crm_relay_stops_every_shard_when_one_stops_or_when_it_is_killed(fresh_s
         relay.wait_published(rt, head)
         os.kill(first, signal.SIGKILL)  # a shard dies: the command stops the other and fails
         assert relay.process.wait(timeout=30) == 1, relay.output
-        assert gone(second, timeout=0) and "relay.shard_stopped" in relay.output
+        assert gone(second, timeout=0) and relay.logged("relay.shard_stopped")
+        assert relay.logged("relay.shards_stopped")[0]["codes"] == [-signal.SIGKILL, 0], relay.output
     finally:
         if relay.process.poll() is None:
             relay.process.kill()
+    for n in range(300):  # so that the shards are publishing when their command is killed
+        admin.post("/v1/customers", json={"name": f"Backlog {n}"})
     relay = ShardedRelay(rt, kafka_broker.bootstrap)
-    pids = relay.shard_pids()
-    relay.wait_published(rt, head)
-    relay.process.kill()  # the command itself killed, with no chance to clean up: its shards still stop
-    relay.process.wait(timeout=10)
+    try:
+        pids = relay.shard_pids()
+        deadline = time.monotonic() + 30
+        while len(relay.logged("relay.running")) < 2:
+            assert time.monotonic() < deadline, relay.output
+            time.sleep(0.02)
+    finally:
+        relay.process.kill()  # the command itself killed, with no chance to clean up: its shards still stop
+        relay.process.wait(timeout=10)
     assert all(gone(pid) for pid in pids), relay.output

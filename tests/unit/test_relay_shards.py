@@ -66,7 +66,9 @@ def test_nothing_is_published_where_no_relay_ever_ran_and_other_rows_are_not_the
     assert published_position({}, 1) is None
     assert published_position({"__migration__": 1}, 2) is None
     assert relay_rows({"__migration__": 1, APP: 5, f"{APP}#x/2": 3, "other#0/2": 9}) == {APP: 5}
-    malformed = {f"{APP}#0/0": 7, f"{APP}#2/2": 8, f"{APP}#0/300": 9, f"{APP}#1/": 1}  # ignored, never an error
+    assert resume_point({"__migration__": 1}, Shard(0, 2)) == 0
+    malformed = {f"{APP}#0/0": 7, f"{APP}#2/2": 8, f"{APP}#0/300": 9, f"{APP}#1/": 1, f"{APP}#\u00b2/2": 2,
+                 f"{APP}#0/2x": 3}  # ignored, never an error
     assert relay_rows(malformed) == {} and published_position({**malformed, APP: 4}, 2) == 4
 
 
@@ -78,4 +80,3 @@ def test_crm_relay_refuses_a_shard_beyond_the_configured_count() -> None:
     result = CliRunner().invoke(main, ["relay", "--shard", "2"],
                                 env={"CRM_RELAY_SHARDS": "2", "CRM_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 2 and "CRM_RELAY_SHARDS is 2 (shards 0 to 1)" in result.output
-    assert resume_point({"__migration__": 1}, Shard(0, 2)) == 0
