@@ -332,7 +332,8 @@ def _relay_shards(settings: Settings, runtime, log_level: str) -> int:  # type: 
         if broker is not None:
             broker.stop()
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(sig, handler)
     return failed
 
 
