@@ -49,9 +49,9 @@ class PgReadStore:
             return {name: 0 for name in PROJECTIONS}
         return {name: position or 0 for name, position in rows}
 
-    def relay_position(self, shards: int = 1) -> int | None:
-        """The Kafka relay's published position, for a relay of `shards` shards (None where no relay
-        ever ran on this database)."""
+    def relay_position(self) -> int | None:
+        """The Kafka relay's published position, all its shards together (None where no relay ever
+        ran on this database)."""
         from crm.infra.relay import published_position
 
         try:
@@ -60,7 +60,7 @@ class PgReadStore:
         except UndefinedTable:  # no relay_tracking table: no relay has run here
             return None
         # 0 once the table exists, as before any shard recorded a position (after `--replay` too)
-        return published_position({name: position or 0 for name, position in rows}, shards) or 0
+        return published_position({name: position or 0 for name, position in rows}) or 0
 
     def saga_status(self) -> dict[str, int] | None:
         """The SLA saga's position and pending deadlines (None where no saga ever ran here)."""

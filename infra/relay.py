@@ -86,21 +86,23 @@ def covered(rows: Mapping[str, int], count: int) -> int | None:
     return min(rows[n] for n in names) if all(n in rows for n in names) else None
 
 
+def published_position(rows: Mapping[str, int]) -> int | None:
+    """Every event up to this position is published (None where no relay ever ran): the highest
+    position up to which a relay of some shard count published everything, 0 if none did yet. It
+    does not depend on the shard count running now: a running count that has recorded all its
+    shards is the highest such count, and one that has not is not complete yet."""
+    rows = relay_rows(rows)
+    if not rows:
+        return None
+    complete = (covered(rows, count) for count in set(map(_shard_count, rows)))
+    return max((p for p in complete if p is not None), default=0)
+
+
 def resume_point(rows: Mapping[str, int], shard: Shard) -> int:
     """Where a shard goes on from: its own position, or further where a relay of some shard count
     (this one or an earlier one) had published everything, so a new shard count neither skips an
     event nor publishes the whole log again. From the start where there is neither."""
-    rows = relay_rows(rows)
-    complete = (covered(rows, count) for count in set(map(_shard_count, rows)))
-    return max([rows.get(shard.name, 0), *(p for p in complete if p is not None)])
-
-
-def published_position(rows: Mapping[str, int], count: int) -> int | None:
-    """Every event up to this position is published by a relay of `count` shards (None where no
-    relay ever ran): the lowest of the positions its shards go on from."""
-    if not relay_rows(rows):
-        return None
-    return min(resume_point(rows, Shard(i, count)) for i in range(count))
+    return max(relay_rows(rows).get(shard.name, 0), published_position(rows) or 0)
 
 
 def relay_rows(rows: Mapping[str, int]) -> dict[str, int]:
@@ -121,6 +123,16 @@ def forget_position(tracking: PostgresTrackingRecorder) -> None:
     with tracking.datastore.transaction(commit=True) as curs:
         curs.execute(f"DELETE FROM {tracking.tracking_table_name} WHERE application_name = %s "
                      "OR application_name LIKE %s", (APP, APP + "#%"))
+
+
+def forget_positions(database_url: str) -> None:
+    """forget_position, on a tracking connection of its own (before any relay starts: a running
+    one would write its position back)."""
+    tracking = open_tracking(database_url, "relay")
+    try:
+        forget_position(tracking)
+    finally:
+        tracking.datastore.close()
 
 
 @dataclass
@@ -159,7 +171,7 @@ class Relay:
     def publish_next(self) -> int:
         """Publish the next batch and advance the position once every message is acknowledged."""
         producer = self._ensure_producer()
-        position = self.position()
+        position = self.status.position  # read from the tracking table at start, then kept by _advance
         # Read first: the select then sees every event up to it, since writers take the library's table
         # lock until they commit, so positions become visible in order (the relay never skips on that).
         head = self.store.position() if self.shard.count > 1 else 0

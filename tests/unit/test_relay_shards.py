@@ -36,7 +36,7 @@ def test_every_aggregate_belongs_to_exactly_one_shard_and_they_share_the_work(co
 
 def test_a_relay_of_n_shards_has_published_up_to_its_slowest_shard() -> None:
     rows = {name(0, 2): 900, name(1, 2): 400}
-    assert covered(rows, 2) == 400 and published_position(rows, 2) == 400
+    assert covered(rows, 2) == 400 and published_position(rows) == 400
     assert covered({name(0, 2): 900}, 2) is None  # shard 1 has not said where it is
 
 
@@ -48,7 +48,7 @@ def test_a_shard_goes_on_from_its_own_position() -> None:
 def test_a_new_shard_never_skips_an_event_of_its_share() -> None:
     # Shard 0 of 2 got to 900, but only for its own aggregates: a first shard 1 must start at 0.
     assert resume_point({name(0, 2): 900}, Shard(1, 2)) == 0
-    assert published_position({name(0, 2): 900}, 2) == 0
+    assert published_position({name(0, 2): 900}) == 0
 
 
 def test_a_new_shard_count_goes_on_from_where_a_whole_relay_had_published_everything() -> None:
@@ -59,17 +59,17 @@ def test_a_new_shard_count_goes_on_from_where_a_whole_relay_had_published_everyt
     assert resume_point(two_shards, Shard(2, 3)) == 700
     half = {APP: 100, name(0, 3): 900}  # 3 shards never all ran: only the single relay's 100 is safe
     assert resume_point(half, Shard(1, 3)) == 100
-    assert published_position(half, 3) == 100
+    assert published_position(half) == 100
 
 
 def test_nothing_is_published_where_no_relay_ever_ran_and_other_rows_are_not_the_relays() -> None:
-    assert published_position({}, 1) is None
-    assert published_position({"__migration__": 1}, 2) is None
+    assert published_position({}) is None
+    assert published_position({"__migration__": 1}) is None
     assert relay_rows({"__migration__": 1, APP: 5, f"{APP}#x/2": 3, "other#0/2": 9}) == {APP: 5}
     assert resume_point({"__migration__": 1}, Shard(0, 2)) == 0
     malformed = {f"{APP}#0/0": 7, f"{APP}#2/2": 8, f"{APP}#0/300": 9, f"{APP}#1/": 1, f"{APP}#\u00b2/2": 2,
                  f"{APP}#0/2x": 3}  # ignored, never an error
-    assert relay_rows(malformed) == {} and published_position({**malformed, APP: 4}, 2) == 4
+    assert relay_rows(malformed) == {} and published_position({**malformed, APP: 4}) == 4
 
 
 def test_crm_relay_refuses_a_shard_beyond_the_configured_count() -> None:
@@ -80,3 +80,12 @@ def test_crm_relay_refuses_a_shard_beyond_the_configured_count() -> None:
     result = CliRunner().invoke(main, ["relay", "--shard", "2"],
                                 env={"CRM_RELAY_SHARDS": "2", "CRM_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 2 and "CRM_RELAY_SHARDS is 2 (shards 0 to 1)" in result.output
+
+
+@pytest.mark.parametrize("rows", [
+    {name(0, 2): 900, name(1, 2): 400}, {name(0, 2): 900}, {APP: 100, name(0, 2): 900, name(1, 2): 700},
+    {APP: 100, name(0, 3): 900}, {APP: 500}, {APP: 50, name(0, 2): 10, name(1, 2): 20, name(2, 3): 99}])
+def test_the_published_position_is_where_every_shard_of_any_count_would_go_on_from(rows: dict) -> None:
+    # Why /health needs no shard count: whichever count runs, its slowest shard resumes here.
+    for count in (1, 2, 3, 4):
+        assert published_position(rows) == min(resume_point(rows, Shard(i, count)) for i in range(count))

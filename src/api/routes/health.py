@@ -39,7 +39,7 @@ def _relay(request: Request) -> dict[str, Any] | None:
     if running is not None:
         position, reachable = running.relay.status.position, running.relay.status.broker_reachable
     else:
-        position, reachable = runtime.reads.relay_position(runtime.settings.relay_shards), None
+        position, reachable = runtime.reads.relay_position(), None
     if position is None:
         return None
     events, seconds = lag(runtime.store, position)
