@@ -16,12 +16,11 @@ from crm.infra.audit_chain import HashChainer
 from crm.infra.audit_history import history
 from crm.infra.audit_verify import verify
 from crm.infra.event_store import CrmEventStore
-from crm.infra.followers import open_tracking
 from crm.infra.kafka import start_local_broker
 from crm.commands.base import Context
 from crm.commands.bus import dispatch
 from crm.commands.customers import RegisterCustomer
-from crm.infra.relay import Relay, RelayThread, Shard, forget_position
+from crm.infra.relay import Relay, RelayThread, Shard, forget_position, forget_positions
 from crm.infra.unit_of_work import EventStoreUnitOfWork
 from bench.workload import long_history_customer
 
@@ -29,9 +28,7 @@ from bench.workload import long_history_customer
 def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float:
     """Publish the whole log to a fresh local broker (acks=all, idempotent): events per second. With
     shards > 1, one process per shard (as `crm relay` runs them), timed from when all are connected."""
-    tracking = open_tracking(url, "relay")
-    forget_position(tracking)  # every repeat publishes the whole log again (every shard's position)
-    tracking.datastore.close()
+    forget_positions(url)  # every repeat publishes the whole log again (every shard's position)
     broker = start_local_broker()
     try:
         if shards == 1:
@@ -143,6 +140,7 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
     start_position = store.position()
     forget_position(relay.tracking)
     relay.tracking.insert_tracking(Tracking("crm", start_position))
+    relay.status.position = start_position  # the relay keeps its position in memory between rounds
     processes = 3
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         if writer == "log":  # the events are made before the relay starts: only the commits are timed

@@ -224,7 +224,7 @@ def rebuild(name: str) -> None:
 @click.pass_context
 def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool) -> None:
     """Publish every event to Kafka (CRM_KAFKA_BOOTSTRAP; a local broker when unset) until Ctrl-C."""
-    from crm.infra.relay import Shard
+    from crm.infra.relay import Shard, forget_positions
     from crm.infra.runtime import open_runtime
 
     settings = Settings()
@@ -237,7 +237,7 @@ def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool)
         raise click.UsageError("--supervised is for the shards `crm relay` starts (stdin a pipe from it)")
     runtime = open_runtime(settings, generate_key=False)
     if replay:  # before anything publishes: a batch in flight would write its position back
-        _forget_relay_positions(runtime.database_url)
+        forget_positions(runtime.database_url)
     if shard is None and settings.relay_shards > 1:
         try:
             raise SystemExit(_relay_shards(settings, runtime, ctx.parent.params["log_level"] if ctx.parent else "INFO"))
@@ -255,17 +255,6 @@ def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool)
         if broker is not None:
             broker.stop()
         runtime.close()
-
-
-def _forget_relay_positions(database_url: str) -> None:
-    from crm.infra.followers import open_tracking
-    from crm.infra.relay import forget_position
-
-    tracking = open_tracking(database_url, "relay")
-    try:
-        forget_position(tracking)
-    finally:
-        tracking.datastore.close()
 
 
 def _stop_when_stdin_closes(stop: threading.Event) -> None:
