@@ -12,17 +12,26 @@ With N shards, shard i publishes only the events of the aggregates whose id's la
 (selected by PostgreSQL), with a position of its own. An aggregate's events all go through one
 shard, in log order, so the order per key holds as before; the shards share nothing but the log and
 the tracking table. The position of the whole relay is the lowest of its shards' positions.
+
+One publisher per aggregate (`Lease`): before it publishes, a relay holds a PostgreSQL advisory
+lock for every value of the id byte its shard owns (all 256 for a single relay), on a connection
+of its own. A second relay on the same database whose aggregates overlap (a second `crm relay`,
+`crm up` next to `crm relay`, two shard counts at once) cannot take them and stands by, asking
+again every second; when the first stops or dies, PostgreSQL drops its locks with its session
+and the standby takes over from the tracked position. So two relays can be run for failover.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 from uuid import UUID
 
+import psycopg
 import structlog
 from eventsourcing.persistence import Notification, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
@@ -64,6 +73,81 @@ class Shard:
 
     def owns(self, originator_id: UUID) -> bool:
         return originator_id.bytes[15] % self.count == self.index
+
+    @property
+    def id_bytes(self) -> list[int]:
+        """The values of the id's last byte whose aggregates this shard publishes."""
+        return list(range(self.index, MAX_SHARDS, self.count))
+
+
+# The advisory-lock key space of relay leases (pg_try_advisory_lock(int4, int4)): "crmr" in ASCII;
+# the second key is a value of the aggregate id's last byte.
+LEASE_KEY = 0x63726D72
+LEASE_CHECK_SECONDS = 1.0  # how often a relay that holds its lease checks that its session lives
+STANDBY_WAIT_SECONDS = 1.0  # how often a relay on standby asks for its lease again
+
+
+class RelayRunningError(RuntimeError):
+    """Another relay holds (part of) the lease."""
+
+
+class Lease:
+    """A shard's right to publish: one session-level advisory lock per id byte it owns, all or none,
+    on a connection of its own. PostgreSQL releases them when the session ends, however it ends."""
+
+    def __init__(self, database_url: str, shard: Shard) -> None:
+        self.database_url, self.shard = database_url, shard
+        self._conn: psycopg.Connection[Any] | None = None
+        self._checked = 0.0
+
+    def acquire(self) -> bool:
+        """Take every lock, or none (False: another relay holds some)."""
+        if self._conn is not None:
+            return True
+        conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5,
+                               application_name=f"crm relay {self.shard.name}")
+        try:
+            (refused,) = conn.execute("SELECT count(*) FROM unnest(%s::int[]) b WHERE NOT pg_try_advisory_lock(%s, b)",
+                                      (self.shard.id_bytes, LEASE_KEY)).fetchone()  # type: ignore[misc]
+        except BaseException:
+            conn.close()
+            raise
+        if refused:
+            conn.close()  # the locks it did take go with the session
+            return False
+        self._conn, self._checked = conn, time.monotonic()
+        return True
+
+    def held(self) -> bool:
+        """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS
+        (a lost session lost its locks, and another relay may have taken them over)."""
+        if self._conn is None:
+            return False
+        if time.monotonic() - self._checked >= LEASE_CHECK_SECONDS:
+            try:
+                self._conn.execute("SELECT 1")
+            except psycopg.Error:
+                self.release()
+                return False
+            self._checked = time.monotonic()
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass
+
+
+def lease_holders(database_url: str) -> list[str]:
+    """The relays holding a lease on this database: 'application name (pid N)' each."""
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute("SELECT DISTINCT l.pid, coalesce(a.application_name, '') FROM pg_locks l "
+                            "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+                            "AND l.classid = %s::oid AND l.granted ORDER BY 1", (LEASE_KEY,)).fetchall()
+    return [f"{name or 'unnamed'} (pid {pid})" for pid, name in rows]
 
 
 _SHARD_NAME = re.compile(re.escape(APP) + r"#([0-9]{1,3})/([0-9]{1,3})")
@@ -126,13 +210,17 @@ def forget_position(tracking: PostgresTrackingRecorder) -> None:
 
 
 def forget_positions(database_url: str) -> None:
-    """forget_position, on a tracking connection of its own (before any relay starts: a running
-    one would write its position back)."""
+    """forget_position, on a tracking connection of its own, holding the whole lease meanwhile:
+    RelayRunningError if any relay runs (it would write its position back)."""
+    lease = Lease(database_url, Shard())
+    if not lease.acquire():
+        raise RelayRunningError("a relay is running: " + ", ".join(lease_holders(database_url)))
     tracking = open_tracking(database_url, "relay")
     try:
         forget_position(tracking)
     finally:
         tracking.datastore.close()
+        lease.release()
 
 
 @dataclass
@@ -140,6 +228,7 @@ class RelayStatus:
     position: int = 0
     broker_reachable: bool | None = None
     published: int = 0
+    standby: bool = False  # another relay holds (part of) this one's lease
 
 
 class Relay:
@@ -151,6 +240,7 @@ class Relay:
         self.partitions, self.replication = partitions, replication
         self.tracking = open_tracking(database_url, "relay")
         self.status = RelayStatus(position=self.position())
+        self.lease = Lease(database_url, shard)
         self._producer: Any = None
         self._partitioner = KeyPartitioner()
         self._shard_query = sql.SQL(SHARD_QUERY).format(schema=sql.Identifier(store.recorder.datastore.schema),
@@ -160,8 +250,8 @@ class Relay:
         return resume_point(tracked_positions(self.tracking), self.shard)
 
     def run(self, stop: threading.Event) -> None:
-        run_rounds(stop, self.publish_next, name="relay.broker", idle_wait=0.02, on_error=self._broker_failed,
-                   bootstrap=self.bootstrap)
+        run_rounds(stop, self.publish_next, name="relay.broker", on_error=self._broker_failed,
+                   idle_wait=lambda: STANDBY_WAIT_SECONDS if self.status.standby else 0.02, bootstrap=self.bootstrap)
         self._drop_producer()
 
     def _broker_failed(self) -> None:
@@ -169,7 +259,10 @@ class Relay:
         self.status.broker_reachable = False
 
     def publish_next(self) -> int:
-        """Publish the next batch and advance the position once every message is acknowledged."""
+        """Publish the next batch and advance the position once every message is acknowledged (0 on
+        standby: another relay holds the lease)."""
+        if not self._leased():
+            return 0
         producer = self._ensure_producer()
         position = self.status.position  # read from the tracking table at start, then kept by _advance
         # Read first: the select then sees every event up to it, since writers take the library's table
@@ -198,6 +291,23 @@ class Relay:
         self.status.broker_reachable = True
         self.status.published += len(notifications)
         return len(notifications)
+
+    def _leased(self) -> bool:
+        """Hold the lease, taking it if free; on taking it, go on from the tracked position (the
+        relay that held it before may have moved it)."""
+        if self.lease.held():
+            return True
+        if not self.lease.acquire():
+            if not self.status.standby:
+                log.info("relay.standby", shard=self.shard.name, holders=lease_holders(self.lease.database_url))
+                self.status.standby = True
+            self._drop_producer()
+            return False
+        self.status.position = self.position()
+        if self.status.standby:
+            log.info("relay.active", shard=self.shard.name, position=self.status.position)
+        self.status.standby = False
+        return True
 
     def _select(self, position: int) -> Sequence[Notification]:
         """The next batch of this shard's events after `position`, in log order."""
@@ -235,6 +345,7 @@ class Relay:
 
     def close(self) -> None:
         self._drop_producer()
+        self.lease.release()
         self.tracking.datastore.close()
 
 

@@ -224,7 +224,7 @@ def rebuild(name: str) -> None:
 @click.pass_context
 def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool) -> None:
     """Publish every event to Kafka (CRM_KAFKA_BOOTSTRAP; a local broker when unset) until Ctrl-C."""
-    from crm.infra.relay import Shard, forget_positions
+    from crm.infra.relay import RelayRunningError, Shard, forget_positions
     from crm.infra.runtime import open_runtime
 
     settings = Settings()
@@ -237,7 +237,11 @@ def relay(ctx: click.Context, replay: bool, shard: int | None, supervised: bool)
         raise click.UsageError("--supervised is for the shards `crm relay` starts (stdin a pipe from it)")
     runtime = open_runtime(settings, generate_key=False)
     if replay:  # before anything publishes: a batch in flight would write its position back
-        forget_positions(runtime.database_url)
+        try:
+            forget_positions(runtime.database_url)
+        except RelayRunningError as error:
+            runtime.close()
+            raise click.UsageError(f"--replay: {error}; stop it first") from error
     if shard is None and settings.relay_shards > 1:
         try:
             raise SystemExit(_relay_shards(settings, runtime, ctx.parent.params["log_level"] if ctx.parent else "INFO"))

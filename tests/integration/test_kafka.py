@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from crm.infra.kafka import TOPICS, start_local_broker
-from crm.infra.relay import Relay, RelayThread, Shard
+from crm.infra.relay import Lease, Relay, RelayRunningError, RelayThread, Shard, forget_positions
 from crm.infra.schemas import event_classes, stale
 from tests.integration.test_projections import a_busy_history
 
@@ -214,7 +214,7 @@ def test_health_reports_the_relay(fresh_system, kafka_broker) -> None:
         relay.stop()
     assert health["kafka_bootstrap"] == kafka_broker.bootstrap
     assert health["relay"] == {"position": made["position"], "lag_events": 0, "lag_seconds": 0.0,
-                               "broker_reachable": True}
+                               "broker_reachable": True, "standby": False}
 
 
 def test_the_tail_command_prints_events_as_they_arrive(fresh_system, kafka_broker) -> None:
@@ -269,7 +269,8 @@ def test_shards_share_the_log_each_event_once_and_in_order_per_aggregate(fresh_s
     finally:
         for shard in shards:
             shard.stop()
-    assert health["relay"] == {"position": head, "lag_events": 0, "lag_seconds": 0.0, "broker_reachable": None}
+    assert health["relay"] == {"position": head, "lag_events": 0, "lag_seconds": 0.0, "broker_reachable": None,
+                              "standby": None}
     records = consume_all(kafka_broker.bootstrap, head)
     events = [json.loads(r.value) for r in records]
     assert sorted(e["position"] for e in events) == list(range(1, head + 1)), "each event exactly once"
@@ -403,3 +404,103 @@ def test_crm_relay_stops_every_shard_when_one_stops_or_when_it_is_killed(fresh_s
         relay.process.kill()  # the command itself killed, with no chance to clean up: its shards still stop
         relay.process.wait(timeout=10)
     assert all(gone(pid) for pid in pids), relay.output
+
+
+def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_second_relay_stands_by_and_takes_over_when_the_first_stops(fresh_system, kafka_broker) -> None:
+    from fastapi.testclient import TestClient
+
+    from crm.api.app import create_app
+
+    rt, admin = fresh_system()
+    for n in range(20):
+        admin.post("/v1/customers", json={"name": f"Before {n}"})
+    active = start_relay(rt, kafka_broker.bootstrap)
+    standby = None
+    try:
+        wait_published(active, rt.store.position())
+        standby = start_relay(rt, kafka_broker.bootstrap)  # as `crm up` next to `crm relay`, or a failover pair
+        wait_until(lambda: standby.relay.status.standby, "the second relay never stood by")
+        for n in range(20):
+            admin.post("/v1/customers", json={"name": f"While both run {n}"})
+        wait_published(active, rt.store.position())
+        overlapping = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, shard=Shard(1, 2))
+        assert overlapping.publish_next() == 0 and overlapping.status.standby, "another shard count overlaps too"
+        overlapping.close()
+        with pytest.raises(RelayRunningError, match=r"crm relay crm \(pid \d+\)"):
+            forget_positions(rt.database_url)  # --replay: a running relay would write its position back
+        health = TestClient(create_app(rt, relay=standby, kafka_bootstrap=kafka_broker.bootstrap)).get("/health")
+        assert health.json()["relay"]["standby"] is True
+        assert standby.relay.status.published == 0
+        active.stop()  # the standby takes over where it stopped
+        for n in range(20):
+            admin.post("/v1/customers", json={"name": f"After {n}"})
+        head = rt.store.position()
+        wait_published(standby, head)
+        assert not standby.relay.status.standby
+    finally:
+        active.stop()
+        if standby is not None:
+            standby.stop()
+    records = consume_all(kafka_broker.bootstrap, head)
+    assert sorted(json.loads(r.value)["position"] for r in records) == list(range(1, head + 1)), "each once"
+    assert (active.relay.status.published, standby.relay.status.published) == (40, 20)
+
+
+def test_a_relay_whose_lease_session_dies_stops_publishing_while_another_holds_the_lease(fresh_system,
+                                                                                        kafka_broker) -> None:
+    import psycopg
+
+    def end_its_lease_session() -> None:  # as if its connection broke
+        with psycopg.connect(rt.database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'crm relay crm' AND pid <> pg_backend_pid()")
+
+    rt, admin = fresh_system()
+    admin.post("/v1/customers", json={"name": "First"})
+    relay = start_relay(rt, kafka_broker.bootstrap)
+    other = Lease(rt.database_url, Shard())  # another relay, taking the locks as soon as they are free
+    try:
+        wait_published(relay, rt.store.position())
+        deadline = time.monotonic() + 30
+        while not other.acquire():  # the relay checks its session every second: the other one is faster
+            assert time.monotonic() < deadline, "the lease never came free"
+            end_its_lease_session()
+            time.sleep(0.01)
+        wait_until(lambda: relay.relay.status.standby, "the relay did not notice that it lost its lease")
+        stood_at = relay.relay.status.position
+        for n in range(10):
+            admin.post("/v1/customers", json={"name": f"While it stands by {n}"})
+        time.sleep(1.5)
+        assert relay.relay.status.position == stood_at and rt.store.position() > stood_at, "published on standby"
+        other.release()  # the other one is gone: the relay takes its lease back and goes on
+        head = rt.store.position()
+        wait_published(relay, head)
+    finally:
+        other.release()
+        relay.stop()
+    records = consume_all(kafka_broker.bootstrap, head)
+    assert sorted(json.loads(r.value)["position"] for r in records) == list(range(1, head + 1))
+
+
+def test_crm_relay_replay_refuses_while_a_relay_holds_its_lease(fresh_system, kafka_broker) -> None:
+    from click.testing import CliRunner
+
+    from crm.cli import main
+
+    rt, _ = fresh_system()
+    lease = Lease(rt.database_url, Shard(0, 2))  # one shard of another relay is enough
+    assert lease.acquire()
+    try:
+        result = CliRunner().invoke(main, ["relay", "--replay"], env={
+            "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap})
+    finally:
+        lease.release()
+    assert result.exit_code == 2, result.output
+    assert "a relay is running: crm relay crm#0/2 (pid" in result.output and "stop it first" in result.output

@@ -32,16 +32,18 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 def _relay(request: Request) -> dict[str, Any] | None:
-    """The relay's position and lag; whether the broker answers is known where the relay runs."""
+    """The relay's position and lag; whether the broker answers, and whether the relay stands by
+    because another one publishes (holds its lease), is known where the relay runs."""
     from crm.infra.relay import lag
 
     runtime, running = request.app.state.runtime, request.app.state.relay
     if running is not None:
-        position, reachable = running.relay.status.position, running.relay.status.broker_reachable
+        status = running.relay.status
+        position, reachable, standby = status.position, status.broker_reachable, status.standby
     else:
-        position, reachable = runtime.reads.relay_position(), None
+        position, reachable, standby = runtime.reads.relay_position(), None, None
     if position is None:
         return None
     events, seconds = lag(runtime.store, position)
     return {"position": position, "lag_events": events, "lag_seconds": round(seconds, 3),
-            "broker_reachable": reachable}
+            "broker_reachable": reachable, "standby": standby}
