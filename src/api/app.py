@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from crm.api import problems
 from crm.api.auth import KeyRing
 from crm.api.middleware import Authenticate, BodyLimitAndIdempotency, DatabaseGate, FailFastWhileDown, RequestContext
-from crm.api.routing import size_lookup_limiter
+from crm.api.routing import add_routes, size_lookup_limiter
 from crm.api.routes import audit, complaints, customers, health, orders, products, queries, reports, sla, tiering
 from crm.infra.runtime import Runtime
 from crm.queries.base import CursorCodec
@@ -39,7 +39,7 @@ def create_app(runtime: Runtime, clock: Callable[[], datetime] = utc_now, relay:
     app.state.cursor_codec = CursorCodec(runtime.cursor_secret)
     problems.install(app)
     for module in (health, customers, products, orders, complaints, queries, reports, tiering, sla, audit):
-        app.include_router(module.router)
+        add_routes(app, module.router)
     problems.document(app)
     app.add_middleware(BodyLimitAndIdempotency, store=runtime.idempotency)
     app.add_middleware(Authenticate, keyring=app.state.keyring)

@@ -159,3 +159,22 @@ def test_the_query_api_looks_up_on_its_own_pool_sized_by_the_settings(runtime, m
     assert [name for name, _ in used] == ["customer_360", "sla"]
     assert used[0][1] is not None and used[0][1].total_tokens == 2  # the 360 view: on the lookup limiter
     assert used[1][1] is None  # a report: on anyio's default
+
+
+def test_the_routes_sit_in_the_apps_own_table_and_document_the_same_as_included_routers(runtime,
+                                                                                        monkeypatch) -> None:
+    """crm.api.routing.add_routes puts each router's routes into the app as they are; the API
+    they make (paths, methods, dependencies, models, OpenAPI) is what include_router would make."""
+    import crm.api.app
+    from fastapi.routing import APIRoute
+
+    flat = crm.api.app.create_app(runtime)
+    monkeypatch.setattr(crm.api.app, "add_routes", lambda app, router: app.include_router(router))
+    included = crm.api.app.create_app(runtime)
+    assert sum(isinstance(route, APIRoute) for route in flat.routes) > 50
+    assert not any(isinstance(route, APIRoute) for route in included.routes), "the comparison must differ in kind"
+    assert flat.openapi() == included.openapi()
+    lookup = next(r for r in flat.routes if isinstance(r, APIRoute) and r.path == "/v1/customers/{customer_id}"
+                  and r.methods == {"GET"})
+    assert "X-Min-Position" in {p.alias for d in lookup.dependant.dependencies for p in d.header_params}, \
+        "the query router's own dependency (read-your-writes) came with its routes"
