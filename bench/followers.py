@@ -20,7 +20,7 @@ from crm.infra.kafka import start_local_broker
 from crm.commands.base import Context
 from crm.commands.bus import dispatch
 from crm.commands.customers import RegisterCustomer
-from crm.infra.relay import Relay, RelayThread, Shard, forget_position, forget_positions
+from crm.infra.relay import Relay, RelayThread, Shard, forget_position, forget_positions, lease_holders
 from crm.infra.unit_of_work import EventStoreUnitOfWork
 from bench.workload import long_history_customer
 
@@ -64,6 +64,8 @@ def _publish_all(store: CrmEventStore, url: str, bootstrap: str, shard: Shard,
         head, started = store.position(), time.perf_counter()
         while relay.status.position < head:
             relay.publish_next()
+            if relay.status.standby:
+                raise RuntimeError("another relay holds the lease: " + ", ".join(lease_holders(url)))
         return time.perf_counter() - started
     finally:
         relay.close()
@@ -128,36 +130,42 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
     the broker acknowledged it."""
     broker = start_local_broker()
     relay = Relay(store, url, broker.bootstrap)
-    relay._ensure_producer()
-    acks: list[tuple[int, float]] = []
-    insert_tracking = relay.tracking.insert_tracking
+    thread: RelayThread | None = None
+    try:
+        relay._ensure_producer()
+        acks: list[tuple[int, float]] = []
+        insert_tracking = relay.tracking.insert_tracking
 
-    def tracked(tracking: Tracking) -> None:
-        insert_tracking(tracking)
-        acks.append((tracking.notification_id, time.time()))
+        def tracked(tracking: Tracking) -> None:
+            insert_tracking(tracking)
+            acks.append((tracking.notification_id, time.time()))
 
-    relay.tracking.insert_tracking = tracked  # type: ignore[method-assign]
-    start_position = store.position()
-    forget_position(relay.tracking)
-    relay.tracking.insert_tracking(Tracking("crm", start_position))
-    relay.status.position = start_position  # the relay keeps its position in memory between rounds
-    processes = 3
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        if writer == "log":  # the events are made before the relay starts: only the commits are timed
-            made = pool.starmap(_registrations, [(url, n, round(rate * seconds / processes)) for n in range(processes)])
-        thread = RelayThread(relay).start()
-        if writer == "log":
-            parts = pool.starmap(_append_paced, [(url, events, rate / processes, seconds, 8) for events in made])
-            commits, counted = [part for part, _ in parts], sum(len(part) for part, _ in parts)
+        relay.tracking.insert_tracking = tracked  # type: ignore[method-assign]
+        start_position = store.position()
+        forget_position(relay.tracking)
+        relay.tracking.insert_tracking(Tracking("crm", start_position))
+        relay.status.position = start_position  # the relay keeps its position in memory between rounds
+        processes = 3
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            if writer == "log":  # the events are made before the relay starts: only the commits are timed
+                made = pool.starmap(_registrations, [(url, n, round(rate * seconds / processes)) for n in range(processes)])
+            thread = RelayThread(relay).start()
+            if writer == "log":
+                parts = pool.starmap(_append_paced, [(url, events, rate / processes, seconds, 8) for events in made])
+                commits, counted = [part for part, _ in parts], sum(len(part) for part, _ in parts)
+            else:
+                parts = pool.starmap(_write_customers, [(url, n, rate / processes, seconds, 8) for n in range(processes)])
+                commits, counted = [], sum(count for count, _ in parts)
+            took = max(seconds_taken for _, seconds_taken in parts)  # the writers' own window, start-up left out
+        head, deadline = store.position(), time.monotonic() + 30
+        while relay.status.position < head and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:  # a failed run leaves no relay holding the lease, nor a broker
+        if thread is not None:
+            thread.stop()
         else:
-            parts = pool.starmap(_write_customers, [(url, n, rate / processes, seconds, 8) for n in range(processes)])
-            commits, counted = [], sum(count for count, _ in parts)
-        took = max(seconds_taken for _, seconds_taken in parts)  # the writers' own window, start-up left out
-    head, deadline = store.position(), time.monotonic() + 30
-    while relay.status.position < head and time.monotonic() < deadline:
-        time.sleep(0.01)
-    thread.stop()
-    broker.stop()
+            relay.close()
+        broker.stop()
     committed = {position: at for part in commits for position, at in part}
     lags = []
     for notification in store.recorder.select_notifications(start=start_position + 1, limit=head):

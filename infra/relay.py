@@ -33,7 +33,7 @@ from uuid import UUID
 
 import psycopg
 import structlog
-from eventsourcing.persistence import Notification, Tracking
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from psycopg import sql
 
@@ -99,40 +99,61 @@ class Lease:
         self.database_url, self.shard = database_url, shard
         self._conn: psycopg.Connection[Any] | None = None
         self._checked = 0.0
+        self._lock = threading.Lock()  # close() may come from another thread than the relay's
+        self.closed = False
 
     def acquire(self) -> bool:
-        """Take every lock, or none (False: another relay holds some)."""
-        if self._conn is not None:
-            return True
-        conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5,
-                               application_name=f"crm relay {self.shard.name}")
-        try:
-            (refused,) = conn.execute("SELECT count(*) FROM unnest(%s::int[]) b WHERE NOT pg_try_advisory_lock(%s, b)",
-                                      (self.shard.id_bytes, LEASE_KEY)).fetchone()  # type: ignore[misc]
-        except BaseException:
-            conn.close()
-            raise
-        if refused:
-            conn.close()  # the locks it did take go with the session
-            return False
-        self._conn, self._checked = conn, time.monotonic()
-        return True
-
-    def held(self) -> bool:
-        """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS
-        (a lost session lost its locks, and another relay may have taken them over)."""
-        if self._conn is None:
-            return False
-        if time.monotonic() - self._checked >= LEASE_CHECK_SECONDS:
-            try:
-                self._conn.execute("SELECT 1")
-            except psycopg.Error:
-                self.release()
+        """Take every lock, or none (False: another relay holds some, or the lease was closed)."""
+        with self._lock:
+            if self.closed:
                 return False
-            self._checked = time.monotonic()
-        return True
+            if self._conn is not None:
+                return True
+            conn = self._connect()
+            try:
+                (refused,) = conn.execute(
+                    "SELECT count(*) FROM unnest(%s::int4[]) b WHERE NOT pg_try_advisory_lock(%s::int4, b)",
+                    (self.shard.id_bytes, LEASE_KEY)).fetchone()  # type: ignore[misc]
+            except BaseException:
+                conn.close()
+                raise
+            if refused:
+                conn.close()  # the locks it did take go with the session
+                return False
+            self._conn, self._checked = conn, time.monotonic()
+            return True
 
-    def release(self) -> None:
+    def _connect(self) -> psycopg.Connection[Any]:
+        # The server notices a dead client (a crashed host, a network split) by TCP keepalive, and
+        # only then frees its locks: after ~2 hours by default, 25 s here. Unix sockets ignore it.
+        return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5,
+                               application_name=f"crm relay {self.shard.name}",
+                               options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                                       "-c tcp_keepalives_count=3")
+
+
+    def held(self, *, now: bool = False) -> bool:
+        """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS,
+        or at once with `now` (a lost session lost its locks, and another relay may have them)."""
+        with self._lock:
+            if self._conn is None:
+                return False
+            if now or time.monotonic() - self._checked >= LEASE_CHECK_SECONDS:
+                try:
+                    self._conn.execute("SELECT 1")
+                except psycopg.Error:
+                    self._drop()
+                    return False
+                self._checked = time.monotonic()
+            return True
+
+    def release(self, *, final: bool = False) -> None:
+        """Free the locks (end the session); with `final`, for good: acquire() refuses after it."""
+        with self._lock:
+            self.closed = self.closed or final
+            self._drop()
+
+    def _drop(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
@@ -146,7 +167,9 @@ def lease_holders(database_url: str) -> list[str]:
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
         rows = conn.execute("SELECT DISTINCT l.pid, coalesce(a.application_name, '') FROM pg_locks l "
                             "LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-                            "AND l.classid = %s::oid AND l.granted ORDER BY 1", (LEASE_KEY,)).fetchall()
+                            "AND l.classid = %s::oid AND l.objsubid = 2 AND l.granted AND l.database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1",
+                            (LEASE_KEY,)).fetchall()
     return [f"{name or 'unnamed'} (pid {pid})" for pid, name in rows]
 
 
@@ -215,11 +238,13 @@ def forget_positions(database_url: str) -> None:
     lease = Lease(database_url, Shard())
     if not lease.acquire():
         raise RelayRunningError("a relay is running: " + ", ".join(lease_holders(database_url)))
-    tracking = open_tracking(database_url, "relay")
     try:
-        forget_position(tracking)
+        tracking = open_tracking(database_url, "relay")
+        try:
+            forget_position(tracking)
+        finally:
+            tracking.datastore.close()
     finally:
-        tracking.datastore.close()
         lease.release()
 
 
@@ -321,7 +346,19 @@ class Relay:
                                  state=bytes(row["state"])) for row in curs.fetchall()]
 
     def _advance(self, position: int) -> None:
-        self.tracking.insert_tracking(Tracking(self.shard.name, position))
+        """Record the position, unless the lease was lost meanwhile (then another relay may have
+        published this batch too, and goes on from its own position). Where the row is already
+        further, another relay moved it while both published (the moment before this one noticed
+        its lease was gone): go on from there, not from a position the table no longer takes."""
+        if not self.lease.held(now=True):
+            log.warning("relay.lease_lost", shard=self.shard.name, position=self.status.position)
+            return
+        try:
+            self.tracking.insert_tracking(Tracking(self.shard.name, position))
+        except IntegrityError:
+            self.status.position = self.position()
+            log.warning("relay.position_moved", shard=self.shard.name, position=self.status.position)
+            return
         self.status.position = position
 
     def _upcast(self, notification: Any) -> dict[str, Any]:
@@ -344,8 +381,8 @@ class Relay:
             self._producer = None
 
     def close(self) -> None:
+        self.lease.release(final=True)  # first: a round still running cannot take it back
         self._drop_producer()
-        self.lease.release()
         self.tracking.datastore.close()
 
 

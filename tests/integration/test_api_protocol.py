@@ -172,7 +172,6 @@ def test_the_routes_sit_in_the_apps_own_table_and_document_the_same_as_included_
     monkeypatch.setattr(crm.api.app, "add_routes", lambda app, router: app.include_router(router))
     included = crm.api.app.create_app(runtime)
     assert sum(isinstance(route, APIRoute) for route in flat.routes) > 50
-    assert not any(isinstance(route, APIRoute) for route in included.routes), "the comparison must differ in kind"
     assert flat.openapi() == included.openapi()
     lookup = next(r for r in flat.routes if isinstance(r, APIRoute) and r.path == "/v1/customers/{customer_id}"
                   and r.methods == {"GET"})

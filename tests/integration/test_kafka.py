@@ -438,7 +438,10 @@ def test_a_second_relay_stands_by_and_takes_over_when_the_first_stops(fresh_syst
         health = TestClient(create_app(rt, relay=standby, kafka_bootstrap=kafka_broker.bootstrap)).get("/health")
         assert health.json()["relay"]["standby"] is True
         assert standby.relay.status.published == 0
+        assert health.json()["relay"]["position"] == rt.store.position() and health.json()["relay"]["lag_events"] == 0, \
+            "a standby reports what the active relay published, not its own stale position"
         active.stop()  # the standby takes over where it stopped
+        assert not active.relay.lease.acquire(), "a closed relay never takes its lease back"
         for n in range(20):
             admin.post("/v1/customers", json={"name": f"After {n}"})
         head = rt.store.position()
@@ -487,6 +490,28 @@ def test_a_relay_whose_lease_session_dies_stops_publishing_while_another_holds_t
         relay.stop()
     records = consume_all(kafka_broker.bootstrap, head)
     assert sorted(json.loads(r.value)["position"] for r in records) == list(range(1, head + 1))
+
+
+def test_a_relay_goes_on_from_a_position_another_relay_moved_past_its_own(fresh_system, kafka_broker) -> None:
+    from eventsourcing.persistence import Tracking
+
+    rt, admin = fresh_system()
+    for n in range(40):
+        admin.post("/v1/customers", json={"name": f"Moved {n}"})
+    head = rt.store.position()
+    relay = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3, batch_size=10)
+    try:
+        assert relay.publish_next() == 10 and relay.status.position == 10
+        # Another relay published up to 30 in the moment before this one noticed its lease was gone.
+        relay.tracking.insert_tracking(Tracking("crm", 30))
+        assert relay.publish_next() == 10  # 11-20 once more; the table keeps 30, and so does the relay now
+        assert relay.status.position == 30
+        while relay.status.position < head:
+            relay.publish_next()
+    finally:
+        relay.close()
+    records = consume_all(kafka_broker.bootstrap, head - 10)  # 21-30: the other relay's (only its row is here)
+    assert {json.loads(r.value)["position"] for r in records} == set(range(1, 21)) | set(range(31, head + 1))
 
 
 def test_crm_relay_replay_refuses_while_a_relay_holds_its_lease(fresh_system, kafka_broker) -> None:

@@ -37,9 +37,11 @@ def _relay(request: Request) -> dict[str, Any] | None:
     from crm.infra.relay import lag
 
     runtime, running = request.app.state.runtime, request.app.state.relay
-    if running is not None:
+    if running is not None and not running.relay.status.standby:
         status = running.relay.status
-        position, reachable, standby = status.position, status.broker_reachable, status.standby
+        position, reachable, standby = status.position, status.broker_reachable, False
+    elif running is not None:  # another relay publishes: its position, from the tracking table
+        position, reachable, standby = runtime.reads.relay_position(), None, True
     else:
         position, reachable, standby = runtime.reads.relay_position(), None, None
     if position is None:
