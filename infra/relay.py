@@ -131,7 +131,6 @@ class Lease:
                                options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
                                        "-c tcp_keepalives_count=3")
 
-
     def held(self, *, now: bool = False) -> bool:
         """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS,
         or at once with `now` (a lost session lost its locks, and another relay may have them)."""
@@ -322,6 +321,8 @@ class Relay:
         relay that held it before may have moved it)."""
         if self.lease.held():
             return True
+        if self.lease.closed:  # the relay is being closed while a round still runs
+            return False
         if not self.lease.acquire():
             if not self.status.standby:
                 log.info("relay.standby", shard=self.shard.name, holders=lease_holders(self.lease.database_url))
