@@ -134,13 +134,13 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
     try:
         relay._ensure_producer()
         acks: list[tuple[int, float]] = []
-        insert_tracking = relay.tracking.insert_tracking
+        advance = relay._advance
 
-        def tracked(tracking: Tracking) -> None:
-            insert_tracking(tracking)
-            acks.append((tracking.notification_id, time.time()))
+        def tracked(position: int) -> None:  # the broker acknowledged everything up to position
+            advance(position)
+            acks.append((position, time.time()))
 
-        relay.tracking.insert_tracking = tracked  # type: ignore[method-assign]
+        relay._advance = tracked  # type: ignore[method-assign]
         start_position = store.position()
         forget_position(relay.tracking)
         relay.tracking.insert_tracking(Tracking("crm", start_position))

@@ -26,9 +26,10 @@ from __future__ import annotations
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 from uuid import UUID
 
 import psycopg
@@ -91,6 +92,10 @@ class RelayRunningError(RuntimeError):
     """Another relay holds (part of) the lease."""
 
 
+class LeaseLostError(RuntimeError):
+    """The lease's session is gone, and its locks with it."""
+
+
 class Lease:
     """A shard's right to publish: one session-level advisory lock per id byte it owns, all or none,
     on a connection of its own. PostgreSQL releases them when the session ends, however it ends."""
@@ -131,13 +136,13 @@ class Lease:
                                options="-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
                                        "-c tcp_keepalives_count=3")
 
-    def held(self, *, now: bool = False) -> bool:
-        """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS,
-        or at once with `now` (a lost session lost its locks, and another relay may have them)."""
+    def held(self) -> bool:
+        """Whether the locks are still held: the session is asked at most every LEASE_CHECK_SECONDS
+        (a lost session lost its locks, and another relay may have them)."""
         with self._lock:
             if self._conn is None:
                 return False
-            if now or time.monotonic() - self._checked >= LEASE_CHECK_SECONDS:
+            if time.monotonic() - self._checked >= LEASE_CHECK_SECONDS:
                 try:
                     self._conn.execute("SELECT 1")
                 except psycopg.Error:
@@ -145,6 +150,21 @@ class Lease:
                     return False
                 self._checked = time.monotonic()
             return True
+
+    @contextmanager
+    def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor in the lease's own session (autocommit), for a write that may only happen while
+        the locks are held: it fails with the session. LeaseLostError if the session is gone."""
+        with self._lock:
+            if self._conn is None:
+                raise LeaseLostError(self.shard.name)
+            try:
+                with self._conn.cursor() as curs:
+                    yield curs
+            except psycopg.OperationalError as error:
+                self._drop()
+                raise LeaseLostError(self.shard.name) from error
+            self._checked = time.monotonic()
 
     def release(self, *, final: bool = False) -> None:
         """Free the locks (end the session); with `final`, for good: acquire() refuses after it."""
@@ -347,15 +367,17 @@ class Relay:
                                  state=bytes(row["state"])) for row in curs.fetchall()]
 
     def _advance(self, position: int) -> None:
-        """Record the position, unless the lease was lost meanwhile (then another relay may have
-        published this batch too, and goes on from its own position). Where the row is already
-        further, another relay moved it while both published (the moment before this one noticed
-        its lease was gone): go on from there, not from a position the table no longer takes."""
-        if not self.lease.held(now=True):
+        """Record the position in the lease's own session, so it is recorded only while the lease
+        is held: a relay whose session is gone records nothing (another relay may have published
+        this batch too, and goes on from its own position). Where the row is already further,
+        another relay moved it while both published (before this one noticed its lease was gone):
+        go on from there, not from a position the table no longer takes."""
+        try:
+            with self.lease.cursor() as curs:
+                self.tracking._insert_tracking(curs, Tracking(self.shard.name, position))  # refused if not advancing
+        except LeaseLostError:
             log.warning("relay.lease_lost", shard=self.shard.name, position=self.status.position)
             return
-        try:
-            self.tracking.insert_tracking(Tracking(self.shard.name, position))
         except IntegrityError:
             self.status.position = self.position()
             log.warning("relay.position_moved", shard=self.shard.name, position=self.status.position)

@@ -29,7 +29,7 @@ import pytest
 from bench.load import KEY, free_port
 from crm.infra.rebuild import checksums, rebuild
 from crm.projections import PROJECTIONS
-from tests.integration.test_kafka import consume_all
+from tests.integration.test_kafka import consume_all, wait_until
 from tests.integration.test_sla_saga import events_of
 
 pytestmark = pytest.mark.slow
@@ -111,13 +111,6 @@ class Load(threading.Thread):
             else:
                 self.post(f"/v1/customers/{self.rng.choice(customers)}/visits",
                           {"visited_on": "2026-01-05", "by": "sam"})
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
 
 
 def test_killing_each_part_at_random_points_loses_nothing(fresh_system, kafka_broker, tmp_path) -> None:

@@ -22,15 +22,20 @@ SCHEMAS = {p.stem: json.loads(p.read_text()) for p in (ROOT / "schemas").glob("c
 
 
 def consume_all(bootstrap: str, expected: int, timeout: float = 30.0) -> list:
-    """Every record of crm's topics, from the beginning, until `expected` distinct ids arrived."""
+    """Every record of crm's topics, from the beginning: once `expected` distinct ids arrived, on to
+    the end of every partition as it is then, so a duplicate after them is read too."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_interval_ms=5000)
     partitions = [TopicPartition(t, p) for t in TOPICS for p in sorted(consumer.partitions_for_topic(t) or [])]
     consumer.assign(partitions)
     consumer.seek_to_beginning()
-    records, ids, deadline = [], set(), time.monotonic() + timeout
+    records, ids, deadline, ends = [], set(), time.monotonic() + timeout, None
     try:
-        while time.monotonic() < deadline and len(ids) < expected:
+        while time.monotonic() < deadline:
+            if ends is None and len(ids) >= expected:
+                ends = consumer.end_offsets(partitions)
+            if ends is not None and all(consumer.position(p) >= end for p, end in ends.items()):
+                break
             for batch in consumer.poll(timeout_ms=200).values():
                 for record in batch:
                     records.append(record)
@@ -169,16 +174,16 @@ def test_a_relay_killed_mid_batch_resumes_without_loss(fresh_system, kafka_broke
     for n in range(300):
         last = admin.post("/v1/customers", json={"name": f"Bulk {n}"}).json()
     crashed = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3, batch_size=100)
-    original_insert = crashed.tracking.insert_tracking
+    original_advance = crashed._advance
     calls = {"n": 0}
 
-    def dies_after_publishing_the_second_batch(tracking):  # type: ignore[no-untyped-def]
+    def dies_after_publishing_the_second_batch(position):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 2:
             raise SystemExit("killed between the broker's ack and the position update")
-        original_insert(tracking)
+        original_advance(position)
 
-    crashed.tracking.insert_tracking = dies_after_publishing_the_second_batch
+    crashed._advance = dies_after_publishing_the_second_batch  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
         while True:
             crashed.publish_next()
@@ -406,11 +411,11 @@ def test_crm_relay_stops_every_shard_when_one_stops_or_when_it_is_killed(fresh_s
     assert all(gone(pid) for pid in pids), relay.output
 
 
-def wait_until(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition, timeout: float, what: str, poll: float = 0.05) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
-    while not check():
+    while not condition():
         assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def test_a_second_relay_stands_by_and_takes_over_when_the_first_stops(fresh_system, kafka_broker) -> None:
@@ -426,7 +431,7 @@ def test_a_second_relay_stands_by_and_takes_over_when_the_first_stops(fresh_syst
     try:
         wait_published(active, rt.store.position())
         standby = start_relay(rt, kafka_broker.bootstrap)  # as `crm up` next to `crm relay`, or a failover pair
-        wait_until(lambda: standby.relay.status.standby, "the second relay never stood by")
+        wait_until(lambda: standby.relay.status.standby, 30, "the second relay never stood by")
         for n in range(20):
             admin.post("/v1/customers", json={"name": f"While both run {n}"})
         wait_published(active, rt.store.position())
@@ -476,7 +481,7 @@ def test_a_relay_whose_lease_session_dies_stops_publishing_while_another_holds_t
             assert time.monotonic() < deadline, "the lease never came free"
             end_its_lease_session()
             time.sleep(0.01)
-        wait_until(lambda: relay.relay.status.standby, "the relay did not notice that it lost its lease")
+        wait_until(lambda: relay.relay.status.standby, 30, "the relay did not notice that it lost its lease")
         stood_at = relay.relay.status.position
         for n in range(10):
             admin.post("/v1/customers", json={"name": f"While it stands by {n}"})
@@ -490,6 +495,25 @@ def test_a_relay_whose_lease_session_dies_stops_publishing_while_another_holds_t
         relay.stop()
     records = consume_all(kafka_broker.bootstrap, head)
     assert sorted(json.loads(r.value)["position"] for r in records) == list(range(1, head + 1))
+
+
+def test_a_relay_records_no_position_once_its_lease_session_is_gone(fresh_system, kafka_broker) -> None:
+    import psycopg
+
+    rt, admin = fresh_system()
+    admin.post("/v1/customers", json={"name": "Fenced"})
+    relay = Relay(rt.store, rt.database_url, kafka_broker.bootstrap, partitions=3)
+    try:
+        assert relay.publish_next() >= 1
+        before = relay.position()
+        admin.post("/v1/customers", json={"name": "Fenced too"})
+        with psycopg.connect(rt.database_url, autocommit=True) as conn:  # its session ends; its locks go with it
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = 'crm relay crm' AND pid <> pg_backend_pid()")
+        relay._advance(rt.store.position())  # as after a batch published when the session had just gone
+        assert (relay.position(), relay.status.position) == (before, before) < (rt.store.position(),) * 2
+    finally:
+        relay.close()
 
 
 def test_a_relay_goes_on_from_a_position_another_relay_moved_past_its_own(fresh_system, kafka_broker) -> None:
@@ -519,13 +543,31 @@ def test_crm_relay_replay_refuses_while_a_relay_holds_its_lease(fresh_system, ka
 
     from crm.cli import main
 
+    from eventsourcing.persistence import Tracking
+
+    from crm.infra.followers import open_tracking
+    from crm.infra.relay import tracked_positions
+
     rt, _ = fresh_system()
-    lease = Lease(rt.database_url, Shard(0, 2))  # one shard of another relay is enough
-    assert lease.acquire()
+    tracking = open_tracking(rt.database_url, "relay")
     try:
-        result = CliRunner().invoke(main, ["relay", "--replay"], env={
-            "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap})
+        tracking.insert_tracking(Tracking("crm", 5))
+        tracking.insert_tracking(Tracking("crm#1/2", 7))
+        lease = Lease(rt.database_url, Shard(0, 2))  # one shard of another relay is enough
+        assert lease.acquire()
+        try:
+            result = CliRunner().invoke(main, ["relay", "--replay"], env={
+                "CRM_DATABASE_URL": rt.database_url, "CRM_KAFKA_BOOTSTRAP": kafka_broker.bootstrap})
+        finally:
+            lease.release()
+        assert result.exit_code == 2, result.output
+        assert "a relay is running: crm relay crm#0/2 (pid" in result.output and "stop it first" in result.output
+        assert tracked_positions(tracking) == {"crm": 5, "crm#1/2": 7}, "a refused --replay forgets nothing"
+        forget_positions(rt.database_url)  # no relay runs now
+        assert tracked_positions(tracking) == {}
+        with tracking.datastore.transaction(commit=False) as curs:
+            curs.execute(f"SELECT application_name FROM {tracking.tracking_table_name}")
+            assert [row["application_name"] for row in curs.fetchall()] == ["__migration__"], \
+                "the library's own row stays (without it the library migrates the table again)"
     finally:
-        lease.release()
-    assert result.exit_code == 2, result.output
-    assert "a relay is running: crm relay crm#0/2 (pid" in result.output and "stop it first" in result.output
+        tracking.datastore.close()
