@@ -362,7 +362,8 @@ def test_crm_relay_runs_a_process_per_shard_waits_for_the_broker_and_stops_them_
     broker = None
     try:
         pids = relay.shard_pids()
-        time.sleep(2)
+        wait_until(lambda: len(relay.logged("relay.running")) == 2, 30, "the shards did not start")
+        time.sleep(2)  # both are in their loop, trying the broker (kafka-python's admin client waits quietly)
         assert relay.process.poll() is None, "with the broker away the shards wait for it: " + relay.output
         broker = start_local_broker(port)
         relay.wait_published(rt, head)

@@ -76,9 +76,10 @@ def test_nothing_is_published_where_no_relay_ever_ran_and_other_rows_are_not_the
 def test_the_shards_of_a_count_lease_every_id_byte_once(count: int) -> None:
     leased = [b for i in range(count) for b in Shard(i, count).id_bytes]
     assert sorted(leased) == list(range(256))
-    some = uuid.uuid4()
-    assert [Shard(i, count).owns(some) for i in range(count)] == [
-        some.bytes[15] in Shard(i, count).id_bytes for i in range(count)]
+    for last in range(256):  # the lease covers exactly what the shard publishes
+        some = uuid.UUID(bytes=uuid.uuid4().bytes[:15] + bytes([last]))
+        assert [Shard(i, count).owns(some) for i in range(count)] == [
+            last in Shard(i, count).id_bytes for i in range(count)]
 
 
 def test_crm_relay_refuses_a_shard_beyond_the_configured_count() -> None:
