@@ -181,8 +181,8 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
 
 
 def _registrations(url: str, n: int, count: int) -> list[list[Any]]:
-    """`count` new customers' RegisterCustomer events, keys made and fields sealed by the real
-    mapper, ready to append (a writer process of relay_lag_ms with writer="log")."""
+    """`count` new customers' RegisterCustomer events, fields sealed by the real mapper under keys
+    made with them (each stored in its event's commit, as a command's), ready to append (a writer process of relay_lag_ms with writer="log")."""
     from crm.aggregates.customer import Customer
     from crm.infra.event_store import open_event_store
 
@@ -190,7 +190,6 @@ def _registrations(url: str, n: int, count: int) -> list[list[Any]]:
     now = datetime.now(timezone.utc)  # as the commands mode's RegisterCustomer: a name and a region
     customers = [Customer.register(name=f"Lag {n}-{i}", region="North", occurred_at=now, actor="bench")
                  for i in range(count)]
-    store.mapper.keys.create_many([c.id for c in customers])  # type: ignore[attr-defined]
     made = [[store.mapper.to_stored_event(e) for e in c.collect_events()] for c in customers]
     store.close()
     return made

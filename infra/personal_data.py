@@ -16,6 +16,11 @@ event's id and version, so ciphertext cannot be moved to another event.
 
 Keys are cached per process for KEY_TTL seconds; a process that sees the erasure event (or erases)
 drops the key at once, and any other process stops using it within KEY_TTL.
+
+A new customer's key is made where its first event (`Customer.Registered`) is mapped, travels
+with that stored event (`WithNewKey`), and is inserted by the event store's recorder in the
+event's own transaction (`crm.infra.event_store.CrmRecorder`): the key exists exactly when the
+customer does, and registering costs no statement of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 from uuid import UUID
 
@@ -78,8 +83,10 @@ KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
     erased_at timestamptz, CHECK ((key IS NULL) = (erased_at IS NOT NULL)))"""
 
-# The new key, or the one the customer already has (one statement: the insert's own row is not
-# visible to the SELECT of the same statement, an existing one is). Run alone on an autocommit
+# For a customer with no key whose sealed event is not its first (a customer stored before keys
+# went with the first event, WithNewKey): the new key, or the one the customer already has (one
+# statement: the insert's own row is not visible to the SELECT of the same statement, an existing
+# one is). Run alone on an autocommit
 # connection, the statement is its own transaction, and `set_config(..., true)` turns off the WAL
 # flush of that transaction's commit: no flush of its own, because the event sealed with this key
 # commits later, and flushing that commit flushes all WAL before it, this key included. One round
@@ -91,6 +98,23 @@ made AS (INSERT INTO crm_personal_keys (customer_id, key) VALUES (%(id)s, %(key)
          ON CONFLICT (customer_id) DO NOTHING RETURNING key)
 SELECT made.key FROM made, quiet WHERE quiet.off = 'off'
 UNION ALL SELECT key FROM crm_personal_keys WHERE customer_id = %(id)s"""
+
+
+# New customers' keys, in the transaction of their first events (CrmRecorder). No ON CONFLICT: a
+# key row that already exists for the id (the id registered before, or a tombstone) fails the
+# whole transaction with a unique violation, which the library raises as its IntegrityError, so
+# an event is never stored sealed under a key that is not the stored one.
+INSERT_NEW_KEYS = ("INSERT INTO crm_personal_keys (customer_id, key) "
+                   "SELECT * FROM unnest(%s::uuid[], %s::bytea[])")
+
+
+@dataclass(frozen=True)
+class WithNewKey(StoredEvent):
+    """A stored event sealed under a key made for it (a new customer's `Registered`): the event
+    store's recorder inserts the key, for the event's originator, in the event's transaction.
+    Anything that stores events without that recorder must refuse these (`copy_events` does)."""
+
+    new_key: bytes = field(default=b"", repr=False, compare=False)
 
 
 class MissingKeyError(LookupError):
@@ -126,6 +150,18 @@ class KeyStore:
             raise MissingKeyError(f"no personal-data key for customer {customer_id}")
         return self._remember(customer_id, row["key"])
 
+    def key_for_new(self, customer_id: UUID) -> tuple[bytes | None, bool]:
+        """The key to seal a new customer's first event with, and whether it was made here (to
+        be stored in that event's transaction): the one this process knows, else a new one."""
+        if self._fresh(customer_id, time.monotonic()):
+            return self._cache[customer_id][0], False
+        return AESGCM.generate_key(256), True
+
+    def remember_new(self, stored: Iterable[WithNewKey]) -> None:
+        """Cache the keys of new customers whose first events were just committed."""
+        for event in stored:
+            self._remember(event.originator_id, event.new_key)  # type: ignore[arg-type]
+
     def prefetch(self, customer_ids: Iterable[UUID]) -> None:
         """Load many customers' keys in one query (for batch readers: rebuilds, the relay, audit)."""
         now = time.monotonic()
@@ -136,17 +172,6 @@ class KeyStore:
             curs.execute("SELECT customer_id, key FROM crm_personal_keys WHERE customer_id = ANY(%s)", (wanted,))
             rows = curs.fetchall()
         for row in rows:
-            self._remember(row["customer_id"], row["key"])
-
-    def create_many(self, customer_ids: list[UUID]) -> None:
-        """Give many new customers their keys in one statement (bulk imports)."""
-        keys = [AESGCM.generate_key(256) for _ in customer_ids]
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute("INSERT INTO crm_personal_keys (customer_id, key) SELECT * FROM unnest(%s::uuid[], "
-                         "%s::bytea[]) ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id, key",
-                         (customer_ids, keys))
-            made = curs.fetchall()
-        for row in made:  # a customer that already had a key keeps it (and is read when needed)
             self._remember(row["customer_id"], row["key"])
 
     def destroy(self, customer_id: UUID) -> None:
@@ -221,7 +246,11 @@ class PersonalDataMapper(Mapper[UUID]):
         owner, holder, personal = _personal_part(topic, state)
         if owner is None or not personal:
             return super().to_stored_event(domain_event)
-        key = self.keys.key_for(owner, create=True)
+        made = False
+        if topic == REGISTERED:  # a new customer: its key goes with the event (WithNewKey)
+            key, made = self.keys.key_for_new(owner)
+        else:
+            key = self.keys.key_for(owner, create=True)
         for name in personal:
             del holder[name]
         seal: dict[str, Any] = {"customer": owner.hex, "fields": list(personal)}
@@ -233,7 +262,11 @@ class PersonalDataMapper(Mapper[UUID]):
         state[FIELD] = seal
         clone = object.__new__(type(domain_event))
         object.__setattr__(clone, "__dict__", state)
-        return super().to_stored_event(clone)
+        stored = super().to_stored_event(clone)
+        if not made:
+            return stored
+        assert key is not None and owner == stored.originator_id
+        return WithNewKey(stored.originator_id, stored.originator_version, stored.topic, stored.state, key)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         domain_event = super().to_domain_event(stored_event)

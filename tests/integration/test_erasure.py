@@ -188,12 +188,116 @@ def test_a_version_1_customer_notified_is_upcast_without_a_customer(fresh_system
     assert event.customer_id is None and event.address == "old@example.com" and event.confirmation_version == 7
 
 
-def test_bulk_key_creation_keeps_a_key_that_already_exists(fresh_system) -> None:
+def _key_rows(rt, customer: UUID) -> list:  # type: ignore[no-untyped-def]
+    """(key, xmin of the key row, xmin of the customer's first event): the rows one transaction
+    wrote carry the same xmin."""
+    with rt.pool.connection() as conn:
+        return conn.execute("SELECT k.key, k.xmin::text, e.xmin::text FROM crm_personal_keys k "
+                            "LEFT JOIN crm_events e ON e.originator_id = k.customer_id AND e.originator_version = 1 "
+                            "WHERE k.customer_id = %s", (customer,)).fetchall()
+
+
+def _registered(customer: UUID, name: str):  # type: ignore[no-untyped-def]
+    """A customer's first event with a chosen id (Customer.register makes its own)."""
+    from crm.aggregates.customer import Customer
+
+    now = datetime.now(timezone.utc)
+    return Customer.Registered(originator_id=customer, originator_version=1, timestamp=now,  # type: ignore[call-arg]
+                               originator_topic=get_topic(Customer), name=name, email=PERSONAL["email"], phone=None,
+                               industry=None, region=None, birthday=None, special_days=[], owner=None,
+                               occurred_at=now, actor="test")
+
+
+def test_a_new_customer_s_key_is_stored_in_the_transaction_of_its_first_event(fresh_system) -> None:
+    from crm.aggregates.customer import Customer
+    from crm.infra.event_store import open_event_store
+    from crm.infra.personal_data import WithNewKey
+
     rt, admin = fresh_system(with_runners=False)
-    customer = UUID(a_customer_with_business(rt, admin)["customer"])
-    keys = rt.store.mapper.keys
-    before = keys.key_for(customer, create=False)
-    fresh = uuid.uuid4()
-    keys.create_many([customer, fresh])
-    assert keys.key_for(customer, create=False) == before and keys.key_for(fresh, create=False) is not None
-    assert rt.store.repository.get(customer).profile["name"] == PERSONAL["name"]  # still opens
+    customer = UUID(ok(admin.post("/v1/customers", json=PERSONAL))["id"])
+    [(key, key_xmin, event_xmin)] = _key_rows(rt, customer)
+    assert key_xmin == event_xmin  # one transaction: the key exists exactly when the customer does
+    assert rt.store.mapper.keys.key_for(customer, create=False) == bytes(key)  # cached as committed
+    # the key goes with the mapped event; the library's own save path stores it the same way
+    assert type(rt.store.mapper.to_stored_event(_registered(uuid.uuid4(), "Mapped"))) is WithNewKey
+    saved = Customer.register(name="Via save", occurred_at=datetime.now(timezone.utc), actor="test")
+    rt.store.save(saved)
+    [(_, key_xmin, event_xmin)] = _key_rows(rt, saved.id)
+    assert key_xmin == event_xmin
+    other = open_event_store(rt.database_url)  # a process that never saw the keys reads them from the table
+    try:
+        assert other.customers.get(customer).profile["name"] == PERSONAL["name"]
+        assert other.customers.get(saved.id).profile["name"] == "Via save"
+    finally:
+        other.close()
+
+
+def test_a_registration_that_fails_leaves_its_key_out_and_a_taken_key_fails_it(fresh_system) -> None:
+    from eventsourcing.persistence import IntegrityError
+
+    rt, _ = fresh_system(with_runners=False)
+    keys, commit = rt.store.mapper.keys, rt.store.group_commit
+    first = uuid.uuid4()
+    commit.append([rt.store.mapper.to_stored_event(_registered(first, "First"))])
+    [(key, _, _)] = _key_rows(rt, first)
+    # the same id registered again by a process that never saw it: its event clashes, and the key
+    # made with it is not stored (the first key stays, and still opens the first event)
+    keys.forget(first, erased=False)
+    clash = rt.store.mapper.to_stored_event(_registered(first, "Again"))
+    assert clash.new_key != bytes(key)
+    with pytest.raises(IntegrityError):
+        commit.append([clash])
+    assert [bytes(row[0]) for row in _key_rows(rt, first)] == [bytes(key)]
+    keys.forget(first, erased=False)
+    assert rt.store.customers.get(first).profile["name"] == "First"
+    # a key row for an id with no events (here a tombstone) fails that id's registration, which
+    # stores nothing: never an event sealed under a key other than the stored one
+    erased = uuid.uuid4()
+    keys.destroy(erased)
+    keys.forget(erased, erased=False)
+    position = rt.store.position()
+    with pytest.raises(IntegrityError):
+        commit.append([rt.store.mapper.to_stored_event(_registered(erased, "Late"))])
+    assert rt.store.position() == position and len(_key_rows(rt, erased)) == 1
+
+
+def test_group_commit_stores_each_new_customer_s_key_with_its_batch(fresh_system) -> None:
+    """Concurrent registrations share transactions; one that clashes fails alone, the others are
+    stored with their keys, each key in the transaction of its customer's event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eventsourcing.persistence import IntegrityError
+
+    rt, _ = fresh_system(with_runners=False)
+    taken = uuid.uuid4()
+    rt.store.group_commit.append([rt.store.mapper.to_stored_event(_registered(taken, "Taken"))])
+    rt.store.mapper.keys.forget(taken, erased=False)
+    ids = [uuid.uuid4() for _ in range(40)] + [taken]
+    batches = rt.store.group_commit.batches
+
+    def register(customer: UUID) -> str:
+        try:
+            rt.store.group_commit.append([rt.store.mapper.to_stored_event(_registered(customer, "Batch"))])
+            return "stored"
+        except IntegrityError:
+            return "conflict"
+
+    with ThreadPoolExecutor(16) as pool:
+        results = dict(zip(ids, pool.map(register, ids)))
+    assert results.pop(taken) == "conflict" and set(results.values()) == {"stored"}
+    assert rt.store.group_commit.batches - batches < len(ids)  # some shared a transaction
+    for customer in results:
+        [(_, key_xmin, event_xmin)] = _key_rows(rt, customer)
+        assert key_xmin == event_xmin
+        rt.store.mapper.keys.forget(customer, erased=False)
+        assert rt.store.customers.get(customer).profile["name"] == "Batch"
+
+
+def test_copy_events_refuses_events_whose_key_it_would_not_store(fresh_system) -> None:
+    from crm.infra.event_store import copy_events
+
+    rt, _ = fresh_system(with_runners=False)
+    position = rt.store.position()
+    with pytest.raises(ValueError, match="no personal-data keys"):
+        copy_events(rt.store, [rt.store.mapper.to_stored_event(_registered(uuid.uuid4(), "Copied"))])
+    assert rt.store.position() == position

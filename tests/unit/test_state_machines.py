@@ -79,6 +79,9 @@ class InMemoryKeys:
             self.keys[customer_id] = AESGCM.generate_key(256)
         return self.keys[customer_id]
 
+    def key_for_new(self, customer_id: UUID) -> tuple[bytes | None, bool]:
+        return self.key_for(customer_id, create=True), False  # kept here, not stored with the event
+
     def forget(self, customer_id: UUID, *, erased: bool) -> None:
         pass  # nothing cached
 
