@@ -7,6 +7,12 @@ Whoever finds no commit running becomes the leader: it takes the whole queue (up
 MAX_CALL_BYTES) and inserts it in one call, one lock and one flush for all of them. The batch
 window is simply the duration of the commit before it; nothing waits on a timer.
 
+Each waiting command sleeps on an event of its own and is woken once: when its batch is done,
+or when it is first in the queue as a batch ends, to lead the next one. (With one condition
+variable notified after every batch, every waiting thread woke for every batch and most went
+back to sleep: the condition's waits and notifications were about 11 % of an API process's GIL
+samples under command load, py-spy; BENCHMARKS.md, levers table.)
+
 A batch that fails with an integrity error (some command's aggregate was changed concurrently)
 is retried one command at a time, so each command gets its own answer: the conflicting ones a
 conflict, the others their positions. A command is never half-applied: its events go in one
@@ -32,6 +38,7 @@ class _Request:
     done: bool = False
     position: int = 0
     error: BaseException | None = field(default=None, repr=False)
+    wake: threading.Event = field(default_factory=threading.Event, repr=False)
 
 
 class GroupCommitter:
@@ -39,9 +46,9 @@ class GroupCommitter:
 
     def __init__(self, store: Any, max_bytes: int = MAX_CALL_BYTES) -> None:
         self.store, self.max_bytes = store, max_bytes
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Request] = []
-        self._busy = False
+        self._busy = False  # a leader is committing, or has been woken to
         self.batches = self.requests = 0  # for benchmarks and tests: how much batching happened
 
     def save(self, *aggregates: Any) -> int | None:
@@ -63,25 +70,37 @@ class GroupCommitter:
         if not stored:
             raise ValueError("nothing to append")
         request = _Request(stored, sum(len(s.state) for s in stored))
-        with self._changed:
+        with self._lock:
             self._queue.append(request)
-        while True:
-            with self._changed:
-                while self._busy and not request.done:
-                    self._changed.wait()
-                if request.done:
-                    break
-                self._busy = True
-                batch = self._take()
-            try:
-                self._commit(batch)
-            finally:
-                with self._changed:
-                    self._busy = False
-                    self._changed.notify_all()
+            lead, self._busy = not self._busy, True
+        if not lead:
+            request.wake.wait()  # done, or first in the queue: to lead the next batch
+        if not request.done:
+            self._lead()
         if request.error is not None:
             raise request.error
         return request.position
+
+    def _lead(self) -> None:
+        """Commit the queue's head (this thread's request is first in it), then wake its
+        requests, and hand the lead to the first request still queued, if any."""
+        with self._lock:
+            batch = self._take()
+        successor = None
+        try:
+            self._commit(batch)
+        finally:
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                else:
+                    self._busy = False
+            for request in batch:
+                if not request.done:  # only if _commit itself failed (it records errors per request)
+                    request.error, request.done = RuntimeError("group commit failed"), True
+                request.wake.set()
+            if successor is not None:
+                successor.wake.set()
 
     def _take(self) -> list[_Request]:
         """The queue's head, up to max_bytes (at least one request, however large)."""
