@@ -40,7 +40,7 @@ class CrmRecorder(PostgresApplicationRecorder):
     """The library's recorder, storing new customers' personal-data keys (`WithNewKey`) in the
     transaction of their events, through the hook the library runs first in that transaction
     (`_insert_events`, pipelined with the inserts). Before, each new customer's key took a
-    statement of its own ahead of the event: 11 % of the API's CPU samples under command load
+    statement of its own ahead of the event: 11 % of the API's GIL samples under command load
     (py-spy, BENCHMARKS.md)."""
 
     keys: KeyStore | None = None  # set by CrmEventStore: keys committed here are cached there
@@ -51,9 +51,15 @@ class CrmRecorder(PostgresApplicationRecorder):
             raise ValueError("crm's recorder does not support POSTGRES_ENABLE_DB_FUNCTIONS")
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        ids = super().insert_events(stored_events, **kwargs)
-        if self.keys is not None:
-            self.keys.remember_new(_new_keys(stored_events))
+        made = _new_keys(stored_events)
+        try:
+            ids = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            if made and self.keys is not None:
+                self.keys.settle(made, committed=False)
+            raise
+        if made and self.keys is not None:
+            self.keys.settle(made, committed=True)
         return ids
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
@@ -87,8 +93,10 @@ class CrmEventStore(Application[Any]):
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env={**(env or {}), "APPLICATION_RECORDER_TOPIC": get_topic(CrmRecorder)})
+        if not isinstance(self.recorder, CrmRecorder):  # e.g. CRM_APPLICATION_RECORDER_TOPIC set: keys would be lost
+            raise ValueError(f"crm's event store needs CrmRecorder, not {type(self.recorder).__name__}")
         self.mapper.keys = KeyStore(self.recorder.datastore)  # type: ignore[attr-defined]
-        self.recorder.keys = self.mapper.keys  # type: ignore[attr-defined]
+        self.recorder.keys = self.mapper.keys
         from crm.infra.group_commit import GroupCommitter  # it needs MAX_CALL_BYTES from here
 
         self.group_commit = GroupCommitter(self)

@@ -83,10 +83,10 @@ KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS crm_personal_keys (
     customer_id uuid PRIMARY KEY, key bytea, created_at timestamptz NOT NULL DEFAULT now(),
     erased_at timestamptz, CHECK ((key IS NULL) = (erased_at IS NOT NULL)))"""
 
-# For a customer with no key whose sealed event is not its first (a customer stored before keys
-# went with the first event, WithNewKey): the new key, or the one the customer already has (one
-# statement: the insert's own row is not visible to the SELECT of the same statement, an existing
-# one is). Run alone on an autocommit
+# For a sealed event that is not the customer's first, when this process has its key neither
+# cached nor pending: the customer's key, or a new one for a customer stored before keys went with
+# the first event (WithNewKey) (one statement: the insert's own row is not visible to the SELECT
+# of the same statement, an existing one is). Run alone on an autocommit
 # connection, the statement is its own transaction, and `set_config(..., true)` turns off the WAL
 # flush of that transaction's commit: no flush of its own, because the event sealed with this key
 # commits later, and flushing that commit flushes all WAL before it, this key included. One round
@@ -129,6 +129,7 @@ class KeyStore:
     def __init__(self, datastore: Any) -> None:
         self.datastore = datastore
         self._cache: dict[UUID, tuple[bytes | None, float]] = {}
+        self._pending: dict[UUID, bytes] = {}  # keys made for first events not stored yet (new_key)
         self._lock = threading.Lock()
         try:
             with datastore.transaction(commit=True) as curs:
@@ -140,6 +141,9 @@ class KeyStore:
         """The customer's key; None once erased. With create, a customer without a key gets one."""
         if self._fresh(customer_id, time.monotonic()):
             return self._cache[customer_id][0]
+        pending = self._pending.get(customer_id)
+        if pending is not None:  # the customer's first event, mapped here, is not stored yet
+            return pending
         with self.datastore.get_connection() as conn:  # autocommit: one statement, one transaction
             if create:
                 row = conn.execute(CREATE_KEY, {"id": customer_id, "key": AESGCM.generate_key(256)}).fetchone()
@@ -150,17 +154,29 @@ class KeyStore:
             raise MissingKeyError(f"no personal-data key for customer {customer_id}")
         return self._remember(customer_id, row["key"])
 
-    def key_for_new(self, customer_id: UUID) -> tuple[bytes | None, bool]:
-        """The key to seal a new customer's first event with, and whether it was made here (to
-        be stored in that event's transaction): the one this process knows, else a new one."""
-        if self._fresh(customer_id, time.monotonic()):
-            return self._cache[customer_id][0], False
-        return AESGCM.generate_key(256), True
+    def new_key(self, customer_id: UUID) -> bytes:
+        """A new key for a new customer's first event (`WithNewKey`), stored in that event's
+        transaction. Always a new one, even where a key for the id is cached: the transaction
+        must find no key row for the id, or it fails. Until then the key is pending: the
+        customer's other events mapped before the commit (in the same save) are sealed with it."""
+        key = AESGCM.generate_key(256)
+        with self._lock:
+            if len(self._pending) >= CACHE_LIMIT:  # first events mapped and never stored (none in crm's paths)
+                for oldest in list(itertools.islice(self._pending, CACHE_LIMIT // 2)):
+                    del self._pending[oldest]
+            self._pending[customer_id] = key
+        return key
 
-    def remember_new(self, stored: Iterable[WithNewKey]) -> None:
-        """Cache the keys of new customers whose first events were just committed."""
+    def settle(self, stored: Iterable[WithNewKey], *, committed: bool) -> None:
+        """After the transaction of new customers' first events: their keys no longer pending,
+        and cached if it committed."""
         for event in stored:
-            self._remember(event.originator_id, event.new_key)  # type: ignore[arg-type]
+            customer: UUID = event.originator_id  # type: ignore[assignment]
+            with self._lock:
+                if self._pending.get(customer) == event.new_key:
+                    del self._pending[customer]
+            if committed:
+                self._remember(customer, event.new_key)
 
     def prefetch(self, customer_ids: Iterable[UUID]) -> None:
         """Load many customers' keys in one query (for batch readers: rebuilds, the relay, audit)."""
@@ -246,11 +262,8 @@ class PersonalDataMapper(Mapper[UUID]):
         owner, holder, personal = _personal_part(topic, state)
         if owner is None or not personal:
             return super().to_stored_event(domain_event)
-        made = False
-        if topic == REGISTERED:  # a new customer: its key goes with the event (WithNewKey)
-            key, made = self.keys.key_for_new(owner)
-        else:
-            key = self.keys.key_for(owner, create=True)
+        made = topic == REGISTERED  # a new customer: a new key, which goes with the event (WithNewKey)
+        key = self.keys.new_key(owner) if made else self.keys.key_for(owner, create=True)
         for name in personal:
             del holder[name]
         seal: dict[str, Any] = {"customer": owner.hex, "fields": list(personal)}

@@ -217,7 +217,7 @@ def test_a_new_customer_s_key_is_stored_in_the_transaction_of_its_first_event(fr
     customer = UUID(ok(admin.post("/v1/customers", json=PERSONAL))["id"])
     [(key, key_xmin, event_xmin)] = _key_rows(rt, customer)
     assert key_xmin == event_xmin  # one transaction: the key exists exactly when the customer does
-    assert rt.store.mapper.keys.key_for(customer, create=False) == bytes(key)  # cached as committed
+    assert rt.store.mapper.keys._cache[customer][0] == bytes(key)  # cached once committed
     # the key goes with the mapped event; the library's own save path stores it the same way
     assert type(rt.store.mapper.to_stored_event(_registered(uuid.uuid4(), "Mapped"))) is WithNewKey
     saved = Customer.register(name="Via save", occurred_at=datetime.now(timezone.utc), actor="test")
@@ -240,25 +240,43 @@ def test_a_registration_that_fails_leaves_its_key_out_and_a_taken_key_fails_it(f
     first = uuid.uuid4()
     commit.append([rt.store.mapper.to_stored_event(_registered(first, "First"))])
     [(key, _, _)] = _key_rows(rt, first)
-    # the same id registered again by a process that never saw it: its event clashes, and the key
-    # made with it is not stored (the first key stays, and still opens the first event)
-    keys.forget(first, erased=False)
+    # the same id registered again: its event clashes, and the key made with it is neither stored
+    # nor cached (the first key stays, and still opens the first event)
     clash = rt.store.mapper.to_stored_event(_registered(first, "Again"))
     assert clash.new_key != bytes(key)
     with pytest.raises(IntegrityError):
         commit.append([clash])
     assert [bytes(row[0]) for row in _key_rows(rt, first)] == [bytes(key)]
-    keys.forget(first, erased=False)
     assert rt.store.customers.get(first).profile["name"] == "First"
     # a key row for an id with no events (here a tombstone) fails that id's registration, which
     # stores nothing: never an event sealed under a key other than the stored one
     erased = uuid.uuid4()
-    keys.destroy(erased)
-    keys.forget(erased, erased=False)
+    keys.destroy(erased)  # (this process now has the tombstone cached, too)
     position = rt.store.position()
     with pytest.raises(IntegrityError):
         commit.append([rt.store.mapper.to_stored_event(_registered(erased, "Late"))])
     assert rt.store.position() == position and len(_key_rows(rt, erased)) == 1
+
+
+def test_a_customer_s_later_events_saved_with_its_first_are_sealed_with_its_new_key(fresh_system) -> None:
+    """A new customer's profile changed before its first save: every event goes in one transaction,
+    sealed with the one new key; no second key is made on the side."""
+    from crm.aggregates.customer import Customer
+    from crm.infra.event_store import open_event_store
+
+    rt, _ = fresh_system(with_runners=False)
+    customer = Customer.register(name="Early", email="early@example.com", occurred_at=datetime.now(timezone.utc),
+                                 actor="test")
+    customer.update_profile({"phone": "+44 20 7946 0002"}, occurred_at=datetime.now(timezone.utc), actor="test")
+    rt.store.group_commit.save(customer)
+    [(_, key_xmin, event_xmin)] = _key_rows(rt, customer.id)
+    assert key_xmin == event_xmin
+    other = open_event_store(rt.database_url)
+    try:
+        assert other.customers.get(customer.id).profile["phone"] == "+44 20 7946 0002"
+    finally:
+        other.close()
+    assert rt.store.mapper.keys._pending == {}  # nothing left pending once stored
 
 
 def test_group_commit_stores_each_new_customer_s_key_with_its_batch(fresh_system) -> None:
@@ -271,7 +289,6 @@ def test_group_commit_stores_each_new_customer_s_key_with_its_batch(fresh_system
     rt, _ = fresh_system(with_runners=False)
     taken = uuid.uuid4()
     rt.store.group_commit.append([rt.store.mapper.to_stored_event(_registered(taken, "Taken"))])
-    rt.store.mapper.keys.forget(taken, erased=False)
     ids = [uuid.uuid4() for _ in range(40)] + [taken]
     batches = rt.store.group_commit.batches
 
@@ -301,3 +318,14 @@ def test_copy_events_refuses_events_whose_key_it_would_not_store(fresh_system) -
     with pytest.raises(ValueError, match="no personal-data keys"):
         copy_events(rt.store, [rt.store.mapper.to_stored_event(_registered(uuid.uuid4(), "Copied"))])
     assert rt.store.position() == position
+
+
+def test_the_event_store_refuses_a_recorder_that_would_not_store_new_customers_keys(fresh_system, monkeypatch) -> None:
+    from eventsourcing.postgres import PostgresApplicationRecorder
+
+    from crm.infra.event_store import open_event_store
+
+    rt, _ = fresh_system(with_runners=False)
+    monkeypatch.setenv("CRM_APPLICATION_RECORDER_TOPIC", get_topic(PostgresApplicationRecorder))
+    with pytest.raises(ValueError, match="needs CrmRecorder"):
+        open_event_store(rt.database_url)

@@ -67,7 +67,7 @@ SETTINGS = settings(max_examples=60, stateful_step_count=25, deadline=None,
 # --- the product's mapper, without PostgreSQL ---------------------------------------------------
 
 class InMemoryKeys:
-    """KeyStore's contract (key_for / forget / destroy) in a dict: a tombstone is None."""
+    """KeyStore's contract (key_for / new_key / forget / destroy) in a dict: a tombstone is None."""
 
     def __init__(self) -> None:
         self.keys: dict[UUID, bytes | None] = {}
@@ -79,8 +79,9 @@ class InMemoryKeys:
             self.keys[customer_id] = AESGCM.generate_key(256)
         return self.keys[customer_id]
 
-    def key_for_new(self, customer_id: UUID) -> tuple[bytes | None, bool]:
-        return self.key_for(customer_id, create=True), False  # kept here, not stored with the event
+    def new_key(self, customer_id: UUID) -> bytes:  # the real one stores it with the event
+        key = self.keys[customer_id] = AESGCM.generate_key(256)
+        return key
 
     def forget(self, customer_id: UUID, *, erased: bool) -> None:
         pass  # nothing cached
