@@ -74,7 +74,11 @@ class GroupCommitter:
             self._queue.append(request)
             lead, self._busy = not self._busy, True
         if not lead:
-            request.wake.wait()  # done, or first in the queue: to lead the next batch
+            try:
+                request.wake.wait()  # done, or first in the queue: to lead the next batch
+            except BaseException:  # interrupted (KeyboardInterrupt in a main thread): leave the queue
+                self._abandon(request)
+                raise
         if not request.done:
             self._lead()
         if request.error is not None:
@@ -82,25 +86,40 @@ class GroupCommitter:
         return request.position
 
     def _lead(self) -> None:
-        """Commit the queue's head (this thread's request is first in it), then wake its
-        requests, and hand the lead to the first request still queued, if any."""
+        """Commit the queue's head (this thread's request is first in it), hand the lead to the
+        first request still queued, if any, and wake the batch's requests."""
         with self._lock:
             batch = self._take()
-        successor = None
         try:
             self._commit(batch)
+        except BaseException as interrupted:  # _commit records Exceptions per request; not these
+            for request in batch:
+                if not request.done:  # a request already answered keeps its answer
+                    failure = RuntimeError("group commit interrupted: nothing of this command was stored")
+                    failure.__cause__ = interrupted
+                    request.error, request.done = failure, True
+            raise
         finally:
-            with self._lock:
+            with self._lock:  # under the lock, so that an abandoning waiter sees the hand-over
                 if self._queue:
-                    successor = self._queue[0]
+                    self._queue[0].wake.set()
                 else:
                     self._busy = False
             for request in batch:
-                if not request.done:  # only if _commit itself failed (it records errors per request)
-                    request.error, request.done = RuntimeError("group commit failed"), True
                 request.wake.set()
-            if successor is not None:
-                successor.wake.set()
+
+    def _abandon(self, request: _Request) -> None:
+        """A waiter interrupted before its answer: out of the queue, and the lead handed on if it
+        had been handed to it. One already taken into a batch is answered there (nobody waits)."""
+        with self._lock:
+            if request.done or request not in self._queue:
+                return
+            self._queue.remove(request)
+            if request.wake.is_set():  # it was to lead the next batch
+                if self._queue:
+                    self._queue[0].wake.set()
+                else:
+                    self._busy = False
 
     def _take(self) -> list[_Request]:
         """The queue's head, up to max_bytes (at least one request, however large)."""
@@ -113,27 +132,27 @@ class GroupCommitter:
         return batch
 
     def _commit(self, batch: list[_Request]) -> None:
+        """Each request of the batch answered (done, with its position or its error) as soon as
+        its outcome is known."""
         self.batches, self.requests = self.batches + 1, self.requests + len(batch)
         try:
             self._insert(batch)
         except IntegrityError as error:
             if len(batch) == 1:
-                batch[0].error = error
+                batch[0].error, batch[0].done = error, True
             else:
                 for request in batch:  # one by one: only the conflicting commands fail
                     try:
                         self._insert([request])
                     except Exception as error:
-                        request.error = error
+                        request.error, request.done = error, True
         except Exception as error:
             for request in batch:
-                request.error = error
-        for request in batch:
-            request.done = True
+                request.error, request.done = error, True
 
     def _insert(self, batch: list[_Request]) -> None:
         ids = self.store.recorder.insert_events([s for request in batch for s in request.stored])
         offset = 0
         for request in batch:
             offset += len(request.stored)
-            request.position = ids[offset - 1]
+            request.position, request.done = ids[offset - 1], True

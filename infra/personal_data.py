@@ -129,7 +129,8 @@ class KeyStore:
     def __init__(self, datastore: Any) -> None:
         self.datastore = datastore
         self._cache: dict[UUID, tuple[bytes | None, float]] = {}
-        self._pending: dict[UUID, bytes] = {}  # keys made for first events not stored yet (new_key)
+        # keys made for first events not stored yet (new_key), with the thread that mapped them
+        self._pending: dict[UUID, tuple[int, bytes]] = {}
         self._lock = threading.Lock()
         try:
             with datastore.transaction(commit=True) as curs:
@@ -139,11 +140,14 @@ class KeyStore:
 
     def key_for(self, customer_id: UUID, *, create: bool) -> bytes | None:
         """The customer's key; None once erased. With create, a customer without a key gets one."""
-        if self._fresh(customer_id, time.monotonic()):
-            return self._cache[customer_id][0]
+        cached = self._cache.get(customer_id)  # one read: another thread may trim the cache
+        if cached is not None and (cached[0] is None or time.monotonic() - cached[1] < KEY_TTL):
+            return cached[0]
         pending = self._pending.get(customer_id)
-        if pending is not None:  # the customer's first event, mapped here, is not stored yet
-            return pending
+        if pending is not None and pending[0] == threading.get_ident():
+            # the customer's first event, mapped by this thread (the same save), is not stored yet;
+            # never another thread's: its registration may yet fail, and the key with it
+            return pending[1]
         with self.datastore.get_connection() as conn:  # autocommit: one statement, one transaction
             if create:
                 row = conn.execute(CREATE_KEY, {"id": customer_id, "key": AESGCM.generate_key(256)}).fetchone()
@@ -158,13 +162,14 @@ class KeyStore:
         """A new key for a new customer's first event (`WithNewKey`), stored in that event's
         transaction. Always a new one, even where a key for the id is cached: the transaction
         must find no key row for the id, or it fails. Until then the key is pending: the
-        customer's other events mapped before the commit (in the same save) are sealed with it."""
+        customer's other events mapped by the same thread before the commit (the same save) are
+        sealed with it."""
         key = AESGCM.generate_key(256)
         with self._lock:
             if len(self._pending) >= CACHE_LIMIT:  # first events mapped and never stored (none in crm's paths)
                 for oldest in list(itertools.islice(self._pending, CACHE_LIMIT // 2)):
                     del self._pending[oldest]
-            self._pending[customer_id] = key
+            self._pending[customer_id] = (threading.get_ident(), key)
         return key
 
     def settle(self, stored: Iterable[WithNewKey], *, committed: bool) -> None:
@@ -173,7 +178,7 @@ class KeyStore:
         for event in stored:
             customer: UUID = event.originator_id  # type: ignore[assignment]
             with self._lock:
-                if self._pending.get(customer) == event.new_key:
+                if self._pending.get(customer, (0, b""))[1] == event.new_key:
                     del self._pending[customer]
             if committed:
                 self._remember(customer, event.new_key)

@@ -279,6 +279,26 @@ def test_a_customer_s_later_events_saved_with_its_first_are_sealed_with_its_new_
     assert rt.store.mapper.keys._pending == {}  # nothing left pending once stored
 
 
+def test_a_pending_key_serves_only_the_thread_that_made_it(fresh_system) -> None:
+    """Until its registration commits, a new key seals only the events the same thread maps with
+    it (the same save): another thread's event for that id must not be sealed with a key whose
+    registration may yet fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crm.infra.personal_data import MissingKeyError
+
+    rt, _ = fresh_system(with_runners=False)
+    keys, customer = rt.store.mapper.keys, uuid.uuid4()
+    made = rt.store.mapper.to_stored_event(_registered(customer, "Pending"))  # not stored
+    assert keys.key_for(customer, create=False) == made.new_key  # this thread: its own save
+    with ThreadPoolExecutor(1) as other:
+        with pytest.raises(MissingKeyError):
+            other.submit(keys.key_for, customer, create=False).result()
+    keys.settle([made], committed=False)
+    with pytest.raises(MissingKeyError):
+        keys.key_for(customer, create=False)
+
+
 def test_group_commit_stores_each_new_customer_s_key_with_its_batch(fresh_system) -> None:
     """Concurrent registrations share transactions; one that clashes fails alone, the others are
     stored with their keys, each key in the transaction of its customer's event."""
