@@ -12,6 +12,7 @@ import click
 import structlog
 import uvicorn
 
+from crm.infra.gc_pause import freeze_startup_objects
 from crm.infra.logging import configure_logging
 from crm.infra.settings import Settings
 
@@ -38,6 +39,8 @@ def _serve(settings: Settings, banner: bool, with_projections: bool, with_relay:
         if banner:  # printed once the socket is bound, so every URL in it answers
             announce = lambda: _print_banner(base, runtime.generated_admin_key, bootstrap, settings)
             threading.Thread(target=_when_started, args=(server, announce), daemon=True).start()
+        config.load()  # uvicorn's protocol modules imported now, so that the freeze covers them too
+        freeze_startup_objects()  # what start-up made leaves the full collections (crm.infra.gc_pause)
         server.run()
     except KeyboardInterrupt:
         pass  # uvicorn re-raises Ctrl-C after a clean shutdown; that is a normal stop

@@ -74,6 +74,7 @@ def _pool_waits(runtime: Runtime) -> Callable[[bool], None]:
 def app_from_environment() -> FastAPI:
     """The API of one worker process of `crm api --workers N` (uvicorn calls this in each worker):
     a Runtime of its own from the CRM_* settings; closed when the worker stops."""
+    from crm.infra.gc_pause import freeze_startup_objects
     from crm.infra.logging import configure_logging
     from crm.infra.runtime import open_runtime
     from crm.infra.settings import Settings
@@ -96,4 +97,5 @@ def app_from_environment() -> FastAPI:
             runtime.close()
 
     app.router.lifespan_context = lifespan
+    freeze_startup_objects()  # the worker is built: its objects leave the full collections (crm.infra.gc_pause)
     return app
