@@ -38,7 +38,6 @@ def test_a_pause_leaves_a_disabled_collector_disabled():
         gc.enable()
 
 
-
 def test_objects_alive_at_the_freeze_leave_the_collections_and_new_garbage_is_still_collected():
     import weakref
 
