@@ -140,8 +140,8 @@ class KeyStore:
 
     def key_for(self, customer_id: UUID, *, create: bool) -> bytes | None:
         """The customer's key; None once erased. With create, a customer without a key gets one."""
-        cached = self._cache.get(customer_id)  # one read: another thread may trim the cache
-        if cached is not None and (cached[0] is None or time.monotonic() - cached[1] < KEY_TTL):
+        cached = self._fresh(customer_id, time.monotonic())
+        if cached is not None:
             return cached[0]
         pending = self._pending.get(customer_id)
         if pending is not None and pending[0] == threading.get_ident():
@@ -175,18 +175,19 @@ class KeyStore:
     def settle(self, stored: Iterable[WithNewKey], *, committed: bool) -> None:
         """After the transaction of new customers' first events: their keys no longer pending,
         and cached if it committed."""
-        for event in stored:
-            customer: UUID = event.originator_id  # type: ignore[assignment]
-            with self._lock:
-                if self._pending.get(customer, (0, b""))[1] == event.new_key:
-                    del self._pending[customer]
-            if committed:
-                self._remember(customer, event.new_key)
+        stored = list(stored)
+        with self._lock:
+            for event in stored:
+                if self._pending.get(event.originator_id, (0, b""))[1] == event.new_key:  # type: ignore[arg-type]
+                    del self._pending[event.originator_id]  # type: ignore[arg-type]
+        if committed:
+            for event in stored:
+                self._remember(event.originator_id, event.new_key)  # type: ignore[arg-type]
 
     def prefetch(self, customer_ids: Iterable[UUID]) -> None:
         """Load many customers' keys in one query (for batch readers: rebuilds, the relay, audit)."""
         now = time.monotonic()
-        wanted = list({c for c in customer_ids if not self._fresh(c, now)})
+        wanted = list({c for c in customer_ids if self._fresh(c, now) is None})
         if not wanted:
             return
         with self.datastore.transaction(commit=False) as curs:
@@ -204,10 +205,11 @@ class KeyStore:
                          "erased_at = coalesce(crm_personal_keys.erased_at, now())", (customer_id,))
         self.forget(customer_id, erased=True)
 
-    def _fresh(self, customer_id: UUID, now: float) -> bool:
-        """Cached and usable: an erasure for good, a key for KEY_TTL seconds."""
+    def _fresh(self, customer_id: UUID, now: float) -> tuple[bytes | None, float] | None:
+        """The cache's entry if usable (an erasure for good, a key for KEY_TTL seconds), else None.
+        One read of the cache: another thread may trim it meanwhile."""
         cached = self._cache.get(customer_id)
-        return cached is not None and (cached[0] is None or now - cached[1] < KEY_TTL)
+        return cached if cached is not None and (cached[0] is None or now - cached[1] < KEY_TTL) else None
 
     def forget(self, customer_id: UUID, *, erased: bool) -> None:
         with self._lock:
