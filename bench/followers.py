@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import multiprocessing
 import statistics
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
+from uuid import UUID
 
 from eventsourcing.persistence import Tracking
 from psycopg_pool import ConnectionPool
@@ -20,7 +22,8 @@ from crm.infra.kafka import start_local_broker
 from crm.commands.base import Context
 from crm.commands.bus import dispatch
 from crm.commands.customers import RegisterCustomer
-from crm.infra.relay import Relay, RelayThread, Shard, forget_position, forget_positions, lease_holders
+from crm.infra.followers import open_tracking
+from crm.infra.relay import APP, Relay, RelayThread, Shard, forget_positions, lease_holders
 from crm.infra.unit_of_work import EventStoreUnitOfWork
 from bench.workload import long_history_customer
 
@@ -110,15 +113,16 @@ def audit_history_10k_ms(store: CrmEventStore, url: str, pool: ConnectionPool, r
 
 
 def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: float = 10.0, *,
-                 writer: str = "commands") -> tuple[float, float, float, int]:
-    """End-to-end relay lag under load, while the relay runs as in `crm up`. Returns (p50 ms, p99 ms,
-    commits/s achieved, events).
+                 writer: str = "commands", shards: int = 1) -> tuple[float, float, float, int]:
+    """End-to-end relay lag under load, while the relay runs as in `crm up` (shards=1: one relay in
+    a thread of this process) or as `crm relay` with CRM_RELAY_SHARDS=shards (one process per
+    shard). Returns (p50 ms, p99 ms, commits/s achieved, events).
 
     writer="commands": RegisterCustomer through the command bus at `rate` per second (3 writer
     processes of 8 paced threads each, as API processes with their request threads would be, so
     group commit batches them). An event's lag runs from its recording (the stored timestamp, taken
     when the command made it, before its commit) until the broker acknowledged its batch (when the
-    relay advanced its position past it).
+    relay of its shard advanced its position past it).
 
     writer="log": the same RegisterCustomer events, mapped and sealed beforehand by the real mapper,
     appended one customer per call at `rate` per second (3 processes of 8 paced threads, through
@@ -129,27 +133,21 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
     runs from the call that appends it (before group commit's queue and the commit itself) until
     the broker acknowledged it."""
     broker = start_local_broker()
-    relay = Relay(store, url, broker.bootstrap)
-    thread: RelayThread | None = None
+    relays: _LagRelays | None = None
     try:
-        relay._ensure_producer()
-        acks: list[tuple[int, float]] = []
-        advance = relay._advance
-
-        def tracked(position: int) -> None:  # the broker acknowledged everything up to position
-            advance(position)
-            acks.append((position, time.time()))
-
-        relay._advance = tracked  # type: ignore[method-assign]
         start_position = store.position()
-        forget_position(relay.tracking)
-        relay.tracking.insert_tracking(Tracking("crm", start_position))
-        relay.status.position = start_position  # the relay keeps its position in memory between rounds
+        forget_positions(url)  # every shard goes on from start_position: the APP row says all up to it is out
+        tracking = open_tracking(url, "relay")
+        try:
+            tracking.insert_tracking(Tracking(APP, start_position))
+        finally:
+            tracking.datastore.close()
+        relays = _LagRelays(store, url, broker.bootstrap, shards)  # connected, positions at start_position
         processes = 3
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             if writer == "log":  # the events are made before the relay starts: only the commits are timed
                 made = pool.starmap(_registrations, [(url, n, round(rate * seconds / processes)) for n in range(processes)])
-            thread = RelayThread(relay).start()
+            relays.start()
             if writer == "log":
                 parts = pool.starmap(_append_paced, [(url, events, rate / processes, seconds, 8) for events in made])
                 commits, counted = [part for part, _ in parts], sum(len(part) for part, _ in parts)
@@ -157,27 +155,147 @@ def relay_lag_ms(store: CrmEventStore, url: str, rate: int = 1_000, seconds: flo
                 parts = pool.starmap(_write_customers, [(url, n, rate / processes, seconds, 8) for n in range(processes)])
                 commits, counted = [], sum(count for count, _ in parts)
             took = max(seconds_taken for _, seconds_taken in parts)  # the writers' own window, start-up left out
-        head, deadline = store.position(), time.monotonic() + 30
-        while relay.status.position < head and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:  # a failed run leaves no relay holding the lease, nor a broker
+        head = store.position()
+        acks = relays.finish(head)
+    finally:  # a failed run leaves no relay holding a lease, nor a broker
+        if relays is not None:
+            relays.close()
+        broker.stop()
+    committed = {position: at for part in commits for position, at in part}
+    began = []
+    for notification in store.recorder.select_notifications(start=start_position + 1, limit=head):
+        at = committed.get(notification.id) if writer == "log" else \
+            store.mapper.to_domain_event(notification).timestamp.timestamp()
+        if at is not None:  # None: an event of another writer (each call here appends one event)
+            began.append((notification.id, notification.originator_id, at))
+    lags = event_lags_ms(began, acks, shards)
+    achieved = counted / took
+    cuts = statistics.quantiles(lags, n=100)
+    return cuts[49], cuts[98], achieved, len(lags)
+
+
+Acks = list[tuple[int, float]]  # (position the broker has acknowledged everything up to, time.time())
+
+
+def event_lags_ms(events: Iterable[tuple[int, UUID, float]], acks: dict[int, Acks], shards: int) -> list[float]:
+    """Each event's lag in ms, from (position, aggregate id, when it began) to the first time its
+    own shard's relay had the broker's acknowledgement of every message up to a position at or past
+    it (another shard's relay moving past the position says nothing about this event). Each shard's
+    acks are in the order its relay advanced, so their positions rise."""
+    owners = [Shard(i, shards) for i in range(shards)]
+    acked_up_to = {i: [position for position, _ in acks[i]] for i in range(shards)}
+    lags = []
+    for position, originator_id, began in events:
+        shard = next(owner.index for owner in owners if owner.owns(originator_id))
+        first = bisect.bisect_left(acked_up_to[shard], position)
+        if first == len(acked_up_to[shard]):
+            raise ValueError(f"shard {shard} never acknowledged position {position}")
+        lags.append((acks[shard][first][1] - began) * 1000)
+    return lags
+
+
+def _record_acks(relay: Relay) -> Acks:
+    """From now on, each time the relay advances its position (after the broker acknowledged every
+    message up to it), note the position and the time."""
+    acks: Acks = []
+    advance = relay._advance
+
+    def tracked(position: int) -> None:
+        advance(position)
+        acks.append((position, time.time()))
+
+    relay._advance = tracked  # type: ignore[method-assign]
+    return acks
+
+
+class _LagRelays:
+    """The relays of relay_lag_ms, connected to the broker on creation, publishing from start(),
+    stopped by finish(head) once each has published up to head: acks per shard index."""
+
+    def __init__(self, store: CrmEventStore, url: str, bootstrap: str, shards: int) -> None:
+        self.shards, self.thread, self.processes = shards, None, []  # type: ignore[var-annotated]
+        if shards == 1:
+            self.relay = Relay(store, url, bootstrap)
+            self.relay._ensure_producer()
+            self.acks = _record_acks(self.relay)
+            return
+        spawn = multiprocessing.get_context("spawn")
+        ready, self.go, self.out = spawn.Queue(), spawn.Event(), spawn.Queue()
+        self.heads = [spawn.Queue() for _ in range(shards)]
+        self.processes = [spawn.Process(target=_lag_shard_process,
+                                        args=(url, bootstrap, Shard(i, shards), ready, self.go, self.heads[i], self.out))
+                          for i in range(shards)]
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            ready.get(timeout=60)
+
+    def start(self) -> None:
+        if self.shards == 1:
+            self.thread = RelayThread(self.relay).start()
+        else:
+            self.go.set()
+
+    def finish(self, head: int) -> dict[int, Acks]:
+        if self.shards == 1:
+            if not _caught_up(self.relay, head):
+                raise TimeoutError(f"the relay did not reach {head} in {CATCH_UP_SECONDS} s")
+            return {0: self.acks}
+        for queue in self.heads:
+            queue.put(head)
+        acks = dict(self.out.get(timeout=CATCH_UP_SECONDS + 30) for _ in self.processes)
+        for process in self.processes:
+            process.join(timeout=30)
+        late = sorted(index for index, shard_acks in acks.items() if shard_acks is None)
+        if late:
+            raise TimeoutError(f"shards {late} did not reach {head} in {CATCH_UP_SECONDS} s")
+        return acks
+
+    def close(self) -> None:
+        if self.shards == 1:
+            if self.thread is not None:
+                self.thread.stop()  # stops and closes the relay
+            else:
+                self.relay.close()
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+
+
+CATCH_UP_SECONDS = 30
+
+
+def _caught_up(relay: Relay, head: int) -> bool:
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while relay.status.position < head:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _lag_shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, head: Any, out: Any) -> None:
+    """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it."""
+    from crm.infra.event_store import open_event_store
+    from crm.infra.logging import configure_logging
+
+    configure_logging("WARNING", json=True)
+    relay = Relay(open_event_store(url), url, bootstrap, shard=shard)
+    thread: RelayThread | None = None
+    try:
+        relay._ensure_producer()
+        acks = _record_acks(relay)
+        ready.put(shard.index)
+        go.wait()
+        thread = RelayThread(relay).start()
+        caught_up = _caught_up(relay, head.get(timeout=600))
+    finally:
         if thread is not None:
             thread.stop()
         else:
             relay.close()
-        broker.stop()
-    committed = {position: at for part in commits for position, at in part}
-    lags = []
-    for notification in store.recorder.select_notifications(start=start_position + 1, limit=head):
-        began = committed.get(notification.id) if writer == "log" else \
-            store.mapper.to_domain_event(notification).timestamp.timestamp()
-        if began is None:
-            continue  # an event of another writer (each call here appends one event)
-        acked = next(at for position, at in acks if position >= notification.id)
-        lags.append((acked - began) * 1000)
-    achieved = counted / took
-    cuts = statistics.quantiles(lags, n=100)
-    return cuts[49], cuts[98], achieved, len(lags)
+    out.put((shard.index, acks if caught_up else None))
 
 
 def _registrations(url: str, n: int, count: int) -> list[list[Any]]:

@@ -130,11 +130,16 @@ def main() -> None:
     results["relay_events_per_s"] = round(relay)
     rows.append(("relay_events_per_s", f"{relay:,.0f}", f"{head:,} events to a local tansu broker, acks=all, "
                                                          f"{best_shards} shard{'s' if best_shards > 1 else ''} (median)"))
-    lag_p50, lag_p99, achieved, lagged = relay_lag_ms(store, url, rate=1_000, seconds=10, writer="log")
+    lags = {shards: relay_lag_ms(store, url, rate=1_000, seconds=10, writer="log", shards=shards)
+            for shards in sorted({1, best_shards})}  # the lag of the shard count relay_events_per_s names
+    for shards, (lag_p50, lag_p99, achieved, lagged) in lags.items():
+        rows.append((f"relay lag, {shards} shard{'s' if shards > 1 else ''}", f"{lag_p99:,.1f} ms p99",
+                     f"p50 {lag_p50:,.1f} ms; append call (queue and commit included) → broker ack of {lagged:,} "
+                     f"RegisterCustomer events appended at {achieved:,.0f}/s (asked 1,000/s) through group commit"))
+    lag_p50, lag_p99, achieved, lagged = lags[best_shards]
     results["relay_lag_p99_ms"] = round(lag_p99, 1)
-    rows.append(("relay_lag_p99_ms", f"{lag_p99:,.1f}", f"p50 {lag_p50:,.1f} ms; append call (queue and commit included) → broker "
-                 f"ack of {lagged:,} RegisterCustomer events appended at {achieved:,.0f}/s (asked 1,000/s) through "
-                 "group commit"))
+    rows.append(("relay_lag_p99_ms", f"{lag_p99:,.1f}", f"relay lag, {best_shards} shard{'s' if best_shards > 1 else ''}: "
+                 "the shard count of relay_events_per_s"))
     lag_p50, lag_p99, achieved, lagged = relay_lag_ms(store, url, rate=1_000, seconds=10, writer="commands")
     rows.append(("relay lag, full commands", f"{lag_p99:,.1f} ms p99", f"p50 {lag_p50:,.1f} ms; {lagged:,} events "
                  f"while RegisterCustomer ran through the command bus at {achieved:,.0f}/s (asked 1,000/s)"))
