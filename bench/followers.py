@@ -38,20 +38,27 @@ def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float
             return store.position() / _publish_all(store, url, broker.bootstrap, Shard())
         spawn = multiprocessing.get_context("spawn")
         ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
-        processes = [spawn.Process(target=_shard_process,
+        processes = [spawn.Process(target=_shard_process, daemon=True,
                                    args=(url, broker.bootstrap, Shard(i, shards), ready, go, done))
                      for i in range(shards)]
-        for process in processes:
-            process.start()
-        for _ in processes:
-            ready.get(timeout=60)
-        started = time.perf_counter()
-        go.set()
-        for _ in processes:
-            done.get(timeout=600)
-        elapsed = time.perf_counter() - started
-        for process in processes:
-            process.join()
+        try:
+            for process in processes:
+                process.start()
+            for _ in processes:
+                ready.get(timeout=60)
+            started = time.perf_counter()
+            go.set()
+            for _ in processes:
+                done.get(timeout=600)
+            elapsed = time.perf_counter() - started
+        finally:  # a shard that failed leaves the others waiting: none is left behind
+            for process in processes:
+                if process.pid is None:
+                    continue  # never started
+                process.join(timeout=30 if go.is_set() else 0)  # done: closing its relay
+                if process.is_alive():
+                    process.terminate()
+                    process.join(timeout=10)
         return store.position() / elapsed
     finally:
         broker.stop()
@@ -210,25 +217,37 @@ def _record_acks(relay: Relay) -> Acks:
 
 class _LagRelays:
     """The relays of relay_lag_ms, connected to the broker on creation, publishing from start(),
-    stopped by finish(head) once each has published up to head: acks per shard index."""
+    stopped by finish(head) once each has published up to head: acks per shard index. A shard
+    process that fails says so (its error, named by shard), and none is left behind on a failure
+    (they are daemons, terminated by close(), and wait for start() a bounded time)."""
 
     def __init__(self, store: CrmEventStore, url: str, bootstrap: str, shards: int) -> None:
         self.shards, self.thread, self.processes = shards, None, []  # type: ignore[var-annotated]
         if shards == 1:
             self.relay = Relay(store, url, bootstrap)
-            self.relay._ensure_producer()
+            try:
+                self.relay._ensure_producer()
+            except BaseException:
+                self.relay.close()
+                raise
             self.acks = _record_acks(self.relay)
             return
         spawn = multiprocessing.get_context("spawn")
         ready, self.go, self.out = spawn.Queue(), spawn.Event(), spawn.Queue()
         self.heads = [spawn.Queue() for _ in range(shards)]
-        self.processes = [spawn.Process(target=_lag_shard_process,
+        self.processes = [spawn.Process(target=_lag_shard_process, daemon=True,
                                         args=(url, bootstrap, Shard(i, shards), ready, self.go, self.heads[i], self.out))
                           for i in range(shards)]
-        for process in self.processes:
-            process.start()
-        for _ in self.processes:
-            ready.get(timeout=60)
+        try:
+            for process in self.processes:
+                process.start()
+            for _ in self.processes:
+                index, error = ready.get(timeout=60)
+                if error is not None:
+                    raise RuntimeError(f"relay shard {index} of {shards} failed to start: {error}")
+        except BaseException:
+            self.close()
+            raise
 
     def start(self) -> None:
         if self.shards == 1:
@@ -243,13 +262,16 @@ class _LagRelays:
             return {0: self.acks}
         for queue in self.heads:
             queue.put(head)
-        acks = dict(self.out.get(timeout=CATCH_UP_SECONDS + 30) for _ in self.processes)
+        results = dict(self.out.get(timeout=CATCH_UP_SECONDS + 30) for _ in self.processes)
         for process in self.processes:
             process.join(timeout=30)
-        late = sorted(index for index, shard_acks in acks.items() if shard_acks is None)
+        failed = [f"shard {index}: {result}" for index, result in sorted(results.items()) if isinstance(result, str)]
+        if failed:
+            raise RuntimeError("relay shards failed: " + "; ".join(failed))
+        late = sorted(index for index, result in results.items() if result is None)
         if late:
             raise TimeoutError(f"shards {late} did not reach {head} in {CATCH_UP_SECONDS} s")
-        return acks
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
         if self.shards == 1:
@@ -260,6 +282,7 @@ class _LagRelays:
         for process in self.processes:
             if process.is_alive():
                 process.terminate()
+            if process.pid is not None:
                 process.join(timeout=10)
 
 
@@ -276,26 +299,36 @@ def _caught_up(relay: Relay, head: int) -> bool:
 
 
 def _lag_shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, head: Any, out: Any) -> None:
-    """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it."""
+    """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it. Puts
+    (index, None) on `ready` once connected, then (index, acks) on `out` once it has published up
+    to the head it is given (None there: not in time); a failure goes, as text, to whichever of the
+    two the main process waits on."""
     from crm.infra.event_store import open_event_store
     from crm.infra.logging import configure_logging
 
     configure_logging("WARNING", json=True)
-    relay = Relay(open_event_store(url), url, bootstrap, shard=shard)
+    relay: Relay | None = None
     thread: RelayThread | None = None
+    connected = False
     try:
+        relay = Relay(open_event_store(url), url, bootstrap, shard=shard)
         relay._ensure_producer()
         acks = _record_acks(relay)
-        ready.put(shard.index)
-        go.wait()
+        ready.put((shard.index, None))
+        connected = True
+        if not go.wait(timeout=600):
+            return  # the benchmark never started: nothing to report
         thread = RelayThread(relay).start()
-        caught_up = _caught_up(relay, head.get(timeout=600))
+        result = acks if _caught_up(relay, head.get(timeout=600)) else None
+    except Exception as error:
+        (out if connected else ready).put((shard.index, f"{type(error).__name__}: {error}"))
+        return
     finally:
         if thread is not None:
-            thread.stop()
-        else:
+            thread.stop()  # stops and closes the relay
+        elif relay is not None:
             relay.close()
-    out.put((shard.index, acks if caught_up else None))
+    out.put((shard.index, result))
 
 
 def _registrations(url: str, n: int, count: int) -> list[list[Any]]:

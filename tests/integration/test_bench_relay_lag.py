@@ -1,12 +1,17 @@
 """`make bench`'s relay lag with the relay sharded as `crm relay` runs it (one process per shard):
-every event appended is acknowledged by its own shard's relay and gets a lag, and the shards'
-processes are gone afterwards."""
+every event appended is acknowledged by its own shard's relay and gets a lag, each shard's relay
+published up to the head, and no shard process is left behind, after a failure either."""
 
 from __future__ import annotations
 
 import multiprocessing
+from urllib.parse import urlparse, urlunparse
 
-from bench.followers import relay_lag_ms
+import pytest
+
+from bench.followers import _LagRelays, relay_lag_ms
+from crm.infra.followers import open_tracking
+from crm.infra.relay import Shard, tracked_positions
 
 
 def test_the_relay_lag_of_two_shards_covers_every_event(fresh_system) -> None:  # type: ignore[no-untyped-def]
@@ -15,4 +20,19 @@ def test_the_relay_lag_of_two_shards_covers_every_event(fresh_system) -> None:  
     assert events == 60  # 3 writer processes of 20 customers, one event each
     assert 0 < p50 <= p99
     assert achieved > 0
+    tracking = open_tracking(rt.database_url, "relay")
+    try:
+        rows = tracked_positions(tracking)
+    finally:
+        tracking.datastore.close()
+    head = rt.store.position()
+    assert rows[Shard(0, 2).name] >= head and rows[Shard(1, 2).name] >= head  # each shard's own relay ran
+    assert multiprocessing.active_children() == []
+
+
+def test_a_shard_that_cannot_start_is_reported_and_leaves_no_process(fresh_system) -> None:  # type: ignore[no-untyped-def]
+    rt, _ = fresh_system(with_runners=False)
+    gone = urlunparse(urlparse(rt.database_url)._replace(path="/no_such_database"))
+    with pytest.raises(RuntimeError, match=r"relay shard [01] of 2 failed to start: OperationalError"):
+        _LagRelays(rt.store, gone, "127.0.0.1:1", 2)
     assert multiprocessing.active_children() == []
