@@ -8,6 +8,7 @@ import multiprocessing
 import statistics
 import time
 from datetime import datetime, timezone
+from queue import Empty
 from typing import Any, Callable, Iterable
 from uuid import UUID
 
@@ -44,12 +45,10 @@ def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float
         try:
             for process in processes:
                 process.start()
-            for _ in processes:
-                ready.get(timeout=60)
+            _gather(ready, processes, 60, "relay shards failed to start")
             started = time.perf_counter()
             go.set()
-            for _ in processes:
-                done.get(timeout=600)
+            _gather(done, processes, 600, "relay shards failed")
             elapsed = time.perf_counter() - started
         finally:  # a shard that failed leaves the others waiting: none is left behind
             for process in processes:
@@ -82,16 +81,76 @@ def _publish_all(store: CrmEventStore, url: str, bootstrap: str, shard: Shard,
 
 
 def _shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, done: Any) -> None:
-    from crm.infra.event_store import open_event_store
-    from crm.infra.logging import configure_logging
+    """One shard of relay_events_per_s, in a process of its own: reports as `_reporting` says."""
 
-    configure_logging("WARNING", json=True)
+    def publish(connected: Callable[[], None]) -> float:
+        from crm.infra.event_store import open_event_store
+        from crm.infra.logging import configure_logging
 
-    def connected() -> None:
-        ready.put(shard.index)
-        go.wait()
+        configure_logging("WARNING", json=True)
 
-    done.put(_publish_all(open_event_store(url), url, bootstrap, shard, connected))
+        def connected_then_started() -> None:
+            connected()
+            _wait_for_start(go)
+
+        return _publish_all(open_event_store(url), url, bootstrap, shard, connected_then_started)
+
+    _reporting(ready, done, shard.index, publish)
+
+
+START_WAIT_SECONDS = 600  # how long a connected shard process waits for the benchmark to start it
+
+
+def _wait_for_start(go: Any) -> None:
+    if not go.wait(timeout=START_WAIT_SECONDS):
+        raise TimeoutError(f"no start signal in {START_WAIT_SECONDS} s")
+
+
+def _reporting(ready: Any, out: Any, index: int, work: Callable[[Callable[[], None]], Any]) -> None:
+    """Run `work(connected)` in a shard process so that the benchmark always hears of it: exactly
+    one (index, None) on `ready` when work calls connected(), then one (index, result) on `out`;
+    an exception instead goes, as text, to whichever of the two the benchmark waits on."""
+    connected = False
+
+    def report_connected() -> None:
+        nonlocal connected
+        ready.put((index, None))
+        connected = True
+
+    try:
+        result = work(report_connected)
+    except Exception as error:
+        (out if connected else ready).put((index, f"{type(error).__name__}: {error}"))
+        return
+    out.put((index, result))
+
+
+def _gather(queue: Any, processes: list[Any], seconds: float, what: str) -> dict[int, Any]:
+    """One report from each shard process (see `_reporting`): {index: result}. RuntimeError naming
+    the shards that reported an error, or when a process exited without reporting (a crash);
+    TimeoutError naming the shards not heard from within `seconds`."""
+    reports: dict[int, Any] = {}
+    deadline, suspect = time.monotonic() + seconds, False
+    while len(reports) < len(processes):
+        try:
+            index, result = queue.get(timeout=1)
+        except Empty:
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(len(processes))) - set(reports))
+                raise TimeoutError(f"{what}: shards {missing} not heard from in {seconds:g} s") from None
+            # A process writes its report before it exits: one that exited and is not heard from
+            # a second later never reported.
+            if sum(process.exitcode is not None for process in processes) > len(reports):
+                if suspect:
+                    codes = {i: p.exitcode for i, p in enumerate(processes) if i not in reports}
+                    raise RuntimeError(f"{what}: a shard process exited without reporting (exit codes {codes})")
+                suspect = True
+            continue
+        reports[index], suspect = result, False
+    failed = [f"shard {index}: {result}" for index, result in sorted(reports.items()) if isinstance(result, str)]
+    if failed:
+        raise RuntimeError(f"{what}: " + "; ".join(failed))
+    return reports
 
 
 def verify_events_per_s(store: CrmEventStore, url: str, pool: ConnectionPool, repeat: int) -> float:
@@ -241,10 +300,7 @@ class _LagRelays:
         try:
             for process in self.processes:
                 process.start()
-            for _ in self.processes:
-                index, error = ready.get(timeout=60)
-                if error is not None:
-                    raise RuntimeError(f"relay shard {index} of {shards} failed to start: {error}")
+            _gather(ready, self.processes, 60, "relay shards failed to start")
         except BaseException:
             self.close()
             raise
@@ -262,16 +318,13 @@ class _LagRelays:
             return {0: self.acks}
         for queue in self.heads:
             queue.put(head)
-        results = dict(self.out.get(timeout=CATCH_UP_SECONDS + 30) for _ in self.processes)
+        results = _gather(self.out, self.processes, CATCH_UP_SECONDS + 30, "relay shards failed")
         for process in self.processes:
             process.join(timeout=30)
-        failed = [f"shard {index}: {result}" for index, result in sorted(results.items()) if isinstance(result, str)]
-        if failed:
-            raise RuntimeError("relay shards failed: " + "; ".join(failed))
         late = sorted(index for index, result in results.items() if result is None)
         if late:
             raise TimeoutError(f"shards {late} did not reach {head} in {CATCH_UP_SECONDS} s")
-        return results  # type: ignore[return-value]
+        return results
 
     def close(self) -> None:
         if self.shards == 1:
@@ -299,36 +352,32 @@ def _caught_up(relay: Relay, head: int) -> bool:
 
 
 def _lag_shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, head: Any, out: Any) -> None:
-    """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it. Puts
-    (index, None) on `ready` once connected, then (index, acks) on `out` once it has published up
-    to the head it is given (None there: not in time); a failure goes, as text, to whichever of the
-    two the main process waits on."""
+    """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it; reports as
+    `_reporting` says: connected, then its acks once it has published up to the head it is given
+    (None: not in time)."""
+    _reporting(ready, out, shard.index, lambda connected: _lag_shard(url, bootstrap, shard, connected, go, head))
+
+
+def _lag_shard(url: str, bootstrap: str, shard: Shard, connected: Callable[[], None], go: Any,
+               head: Any) -> Acks | None:
     from crm.infra.event_store import open_event_store
     from crm.infra.logging import configure_logging
 
     configure_logging("WARNING", json=True)
-    relay: Relay | None = None
+    relay = Relay(open_event_store(url), url, bootstrap, shard=shard)
     thread: RelayThread | None = None
-    connected = False
     try:
-        relay = Relay(open_event_store(url), url, bootstrap, shard=shard)
         relay._ensure_producer()
         acks = _record_acks(relay)
-        ready.put((shard.index, None))
-        connected = True
-        if not go.wait(timeout=600):
-            return  # the benchmark never started: nothing to report
+        connected()
+        _wait_for_start(go)
         thread = RelayThread(relay).start()
-        result = acks if _caught_up(relay, head.get(timeout=600)) else None
-    except Exception as error:
-        (out if connected else ready).put((shard.index, f"{type(error).__name__}: {error}"))
-        return
+        return acks if _caught_up(relay, head.get(timeout=START_WAIT_SECONDS)) else None
     finally:
         if thread is not None:
             thread.stop()  # stops and closes the relay
-        elif relay is not None:
+        else:
             relay.close()
-    out.put((shard.index, result))
 
 
 def _registrations(url: str, n: int, count: int) -> list[list[Any]]:

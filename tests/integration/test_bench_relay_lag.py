@@ -5,6 +5,7 @@ published up to the head, and no shard process is left behind, after a failure e
 from __future__ import annotations
 
 import multiprocessing
+import time
 from urllib.parse import urlparse, urlunparse
 
 import pytest
@@ -33,6 +34,16 @@ def test_the_relay_lag_of_two_shards_covers_every_event(fresh_system) -> None:  
 def test_a_shard_that_cannot_start_is_reported_and_leaves_no_process(fresh_system) -> None:  # type: ignore[no-untyped-def]
     rt, _ = fresh_system(with_runners=False)
     gone = urlunparse(urlparse(rt.database_url)._replace(path="/no_such_database"))
-    with pytest.raises(RuntimeError, match=r"relay shard [01] of 2 failed to start: OperationalError"):
+    with pytest.raises(RuntimeError, match=r"relay shards failed to start: shard [01]: OperationalError"):
         _LagRelays(rt.store, gone, "127.0.0.1:1", 2)
     assert multiprocessing.active_children() == []
+
+
+def test_shards_connected_but_never_started_are_stopped_by_close(fresh_system, kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    rt, _ = fresh_system(with_runners=False)
+    relays = _LagRelays(rt.store, rt.database_url, kafka_broker.bootstrap, 2)  # both connected, waiting for start()
+    assert len(multiprocessing.active_children()) == 2
+    started = time.monotonic()
+    relays.close()
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - started < 30  # terminated, not waited out (they would wait 600 s)

@@ -3,11 +3,14 @@ when its own shard's relay has it acknowledged, not when any relay has moved pas
 
 from __future__ import annotations
 
+import math
+import multiprocessing
+import os
 import uuid
 
 import pytest
 
-from bench.followers import event_lags_ms
+from bench.followers import _gather, _reporting, event_lags_ms
 from crm.infra.relay import Shard
 
 
@@ -35,3 +38,23 @@ def test_an_event_its_shard_never_acknowledged_is_an_error_not_a_lag() -> None:
     late = aggregate_of(Shard(1, 2))
     with pytest.raises(ValueError, match="shard 1 never acknowledged position 9"):
         event_lags_ms([(9, late, 1.0)], {0: [(20, 2.0)], 1: [(8, 2.0)]}, 2)
+
+
+def test_a_shard_process_that_exits_without_reporting_is_named_at_once() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Queue()
+    crashed = spawn.Process(target=os._exit, args=(3,))  # as a crash would: no report at all
+    crashed.start()
+    with pytest.raises(RuntimeError, match=r"relay shards: a shard process exited without reporting \(exit codes \{0: 3\}\)"):
+        _gather(ready, [crashed], 60, "relay shards")
+
+
+def test_a_shard_that_fails_before_it_connects_reports_its_error_by_shard() -> None:
+    spawn = multiprocessing.get_context("spawn")
+    ready, out = spawn.Queue(), spawn.Queue()
+    failing = spawn.Process(target=_reporting, args=(ready, out, 0, math.sqrt))  # sqrt(a function): TypeError
+    failing.start()
+    with pytest.raises(RuntimeError, match=r"relay shards failed to start: shard 0: TypeError"):
+        _gather(ready, [failing], 60, "relay shards failed to start")
+    failing.join(timeout=10)
+    assert out.empty()
