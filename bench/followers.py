@@ -37,27 +37,14 @@ def relay_events_per_s(store: CrmEventStore, url: str, shards: int = 1) -> float
     try:
         if shards == 1:
             return store.position() / _publish_all(store, url, broker.bootstrap, Shard())
-        spawn = multiprocessing.get_context("spawn")
-        ready, go, done = spawn.Queue(), spawn.Event(), spawn.Queue()
-        processes = [spawn.Process(target=_shard_process, daemon=True,
-                                   args=(url, broker.bootstrap, Shard(i, shards), ready, go, done))
-                     for i in range(shards)]
+        group = _ShardProcesses(_shard_process, (url, broker.bootstrap), shards)
         try:
-            for process in processes:
-                process.start()
-            _gather(ready, processes, 60, "relay shards failed to start")
             started = time.perf_counter()
-            go.set()
-            _gather(done, processes, 600, "relay shards failed")
+            group.start()
+            group.results(600)
             elapsed = time.perf_counter() - started
         finally:  # a shard that failed leaves the others waiting: none is left behind
-            for process in processes:
-                if process.pid is None:
-                    continue  # never started
-                process.join(timeout=30 if go.is_set() else 0)  # done: closing its relay
-                if process.is_alive():
-                    process.terminate()
-                    process.join(timeout=10)
+            group.close()
         return store.position() / elapsed
     finally:
         broker.stop()
@@ -80,7 +67,7 @@ def _publish_all(store: CrmEventStore, url: str, bootstrap: str, shard: Shard,
         relay.close()
 
 
-def _shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, done: Any) -> None:
+def _shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, out: Any) -> None:
     """One shard of relay_events_per_s, in a process of its own: reports as `_reporting` says."""
 
     def publish(connected: Callable[[], None]) -> float:
@@ -95,7 +82,47 @@ def _shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, 
 
         return _publish_all(open_event_store(url), url, bootstrap, shard, connected_then_started)
 
-    _reporting(ready, done, shard.index, publish)
+    _reporting(ready, out, shard.index, publish)
+
+
+class _ShardProcesses:
+    """One spawned daemon process per shard, running target(*args, Shard(i, shards), ready, go, out)
+    under `_reporting`. Built once every shard has reported connected; start() lets them all go at
+    once; results(seconds) gathers one result per shard. A shard's error or silent exit is raised by
+    shard (`_gather`). close() lets finished processes end and terminates any other, so none is
+    left behind after a failure."""
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...], shards: int) -> None:
+        self.finished = False
+        spawn = multiprocessing.get_context("spawn")
+        ready, self.go, self.out = spawn.Queue(), spawn.Event(), spawn.Queue()
+        self.processes = [spawn.Process(target=target, daemon=True,
+                                        args=(*args, Shard(i, shards), ready, self.go, self.out))
+                          for i in range(shards)]
+        try:
+            for process in self.processes:
+                process.start()
+            _gather(ready, self.processes, 60, "relay shards failed to start")
+        except BaseException:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        self.go.set()
+
+    def results(self, seconds: float) -> dict[int, Any]:
+        results = _gather(self.out, self.processes, seconds, "relay shards failed")
+        self.finished = True
+        return results
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.pid is None:
+                continue  # never started
+            process.join(timeout=30 if self.finished else 0)  # finished: it is closing its relay
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
 
 
 START_WAIT_SECONDS = 600  # how long a connected shard process waits for the benchmark to start it
@@ -281,7 +308,7 @@ class _LagRelays:
     (they are daemons, terminated by close(), and wait for start() a bounded time)."""
 
     def __init__(self, store: CrmEventStore, url: str, bootstrap: str, shards: int) -> None:
-        self.shards, self.thread, self.processes = shards, None, []  # type: ignore[var-annotated]
+        self.shards, self.thread = shards, None  # type: ignore[var-annotated]
         if shards == 1:
             self.relay = Relay(store, url, bootstrap)
             try:
@@ -291,36 +318,23 @@ class _LagRelays:
                 raise
             self.acks = _record_acks(self.relay)
             return
-        spawn = multiprocessing.get_context("spawn")
-        ready, self.go, self.out = spawn.Queue(), spawn.Event(), spawn.Queue()
-        self.heads = [spawn.Queue() for _ in range(shards)]
-        self.processes = [spawn.Process(target=_lag_shard_process, daemon=True,
-                                        args=(url, bootstrap, Shard(i, shards), ready, self.go, self.heads[i], self.out))
-                          for i in range(shards)]
-        try:
-            for process in self.processes:
-                process.start()
-            _gather(ready, self.processes, 60, "relay shards failed to start")
-        except BaseException:
-            self.close()
-            raise
+        self.head = multiprocessing.get_context("spawn").Queue()  # one head per shard process, put by finish()
+        self.processes = _ShardProcesses(_lag_shard_process, (url, bootstrap, self.head), shards)
 
     def start(self) -> None:
         if self.shards == 1:
             self.thread = RelayThread(self.relay).start()
         else:
-            self.go.set()
+            self.processes.start()
 
     def finish(self, head: int) -> dict[int, Acks]:
         if self.shards == 1:
             if not _caught_up(self.relay, head):
                 raise TimeoutError(f"the relay did not reach {head} in {CATCH_UP_SECONDS} s")
             return {0: self.acks}
-        for queue in self.heads:
-            queue.put(head)
-        results = _gather(self.out, self.processes, CATCH_UP_SECONDS + 30, "relay shards failed")
-        for process in self.processes:
-            process.join(timeout=30)
+        for _ in range(self.shards):
+            self.head.put(head)
+        results = self.processes.results(CATCH_UP_SECONDS + 30)
         late = sorted(index for index, result in results.items() if result is None)
         if late:
             raise TimeoutError(f"shards {late} did not reach {head} in {CATCH_UP_SECONDS} s")
@@ -332,11 +346,8 @@ class _LagRelays:
                 self.thread.stop()  # stops and closes the relay
             else:
                 self.relay.close()
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-            if process.pid is not None:
-                process.join(timeout=10)
+        else:
+            self.processes.close()
 
 
 CATCH_UP_SECONDS = 30
@@ -351,7 +362,7 @@ def _caught_up(relay: Relay, head: int) -> bool:
     return True
 
 
-def _lag_shard_process(url: str, bootstrap: str, shard: Shard, ready: Any, go: Any, head: Any, out: Any) -> None:
+def _lag_shard_process(url: str, bootstrap: str, head: Any, shard: Shard, ready: Any, go: Any, out: Any) -> None:
     """One shard's relay of relay_lag_ms, in a process of its own as `crm relay` runs it; reports as
     `_reporting` says: connected, then its acks once it has published up to the head it is given
     (None: not in time)."""

@@ -1,6 +1,6 @@
-"""`make bench`'s relay lag with the relay sharded as `crm relay` runs it (one process per shard):
-every event appended is acknowledged by its own shard's relay and gets a lag, each shard's relay
-published up to the head, and no shard process is left behind, after a failure either."""
+"""`make bench`'s relay figures with the relay sharded as `crm relay` runs it (one process per
+shard): every event appended is acknowledged by its own shard's relay and gets a lag, each shard's
+relay published up to the head, and no shard process is left behind, after a failure either."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
-from bench.followers import _LagRelays, relay_lag_ms
+from bench.followers import _LagRelays, relay_events_per_s, relay_lag_ms
+from bench.workload import write_history
 from crm.infra.followers import open_tracking
 from crm.infra.relay import Shard, tracked_positions
 
@@ -47,3 +48,16 @@ def test_shards_connected_but_never_started_are_stopped_by_close(fresh_system, k
     relays.close()
     assert multiprocessing.active_children() == []
     assert time.monotonic() - started < 30  # terminated, not waited out (they would wait 600 s)
+
+
+def test_two_relay_shards_publish_the_whole_log_and_end(fresh_system) -> None:  # type: ignore[no-untyped-def]
+    rt, _ = fresh_system(with_runners=False)
+    head = write_history(rt.store, 20)
+    assert relay_events_per_s(rt.store, rt.database_url, shards=2) > 0
+    tracking = open_tracking(rt.database_url, "relay")
+    try:
+        rows = tracked_positions(tracking)
+    finally:
+        tracking.datastore.close()
+    assert rows[Shard(0, 2).name] >= head and rows[Shard(1, 2).name] >= head  # both shards went through the log
+    assert multiprocessing.active_children() == []
