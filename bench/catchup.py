@@ -5,13 +5,9 @@ them) apply a backlog, with events written in groups (the default) and one trans
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
-from crm.infra.postgres import start_embedded
 from crm.infra.read_models import ProjectionView, start_runners, stop_runners
 from crm.infra.read_store import PgReadStore
 from crm.infra.rebuild import _drop_schema
@@ -34,15 +30,13 @@ def catch_up_events_per_s(url: str, store, reads: PgReadStore, head: int) -> flo
 def main() -> None:
     from psycopg_pool import ConnectionPool
 
-    from bench.workload import write_history
+    from bench.workload import fresh_history
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--customers", type=int, default=2_000, help="history size (about 9 events each)")
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-catchup-")))
-    store = open_event_store(url)
-    head = write_history(store, args.customers)
+    url, store, head = fresh_history("catchup", args.customers)
     reads = PgReadStore(ConnectionPool(url, min_size=1, max_size=2))
     grouped = catch_up_events_per_s(url, store, reads, head)
     ProjectionView.MAX_PENDING = 1  # the old way: one transaction per event per projection

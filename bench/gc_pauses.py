@@ -29,12 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.load import KEY, ApiServer, wrk, wrk_available
-from bench.lookup_threads import tree_cpu_seconds
-from bench.workload import write_history
-from crm.infra.event_store import open_event_store
+from bench.load import KEY, ApiServer, tree_cpu_seconds, wrk, wrk_available
+from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
-from crm.infra.postgres import start_embedded
 
 HOOK = """
 import gc, json, os, sys, time
@@ -100,21 +97,19 @@ def main() -> None:
     if not wrk_available():
         raise SystemExit("wrk is missing (apt-get install wrk)")
     configure_logging("WARNING", json=True)
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-gc-")))
-    write_history(open_event_store(url), args.customers)
+    url, _, _ = fresh_history("gc", args.customers)
     before, after = collection_ms_of_a_built_app(url)
     print(f"one full collection with an API app built: {before:.1f} ms; after the freeze: {after:.1f} ms", flush=True)
     hook_dir = Path(tempfile.mkdtemp(prefix="crm-bench-gc-hook-"))
     (hook_dir / "sitecustomize.py").write_text(HOOK)
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "CRM_BENCH_NO_FREEZE", "CRM_BENCH_GC_DIR")}
+    pythonpath = os.pathsep.join(filter(None, [str(hook_dir), os.environ.get("PYTHONPATH")]))
     try:
         for round_ in range(1, args.pairs + 1):
             for frozen in (True, False) if round_ % 2 else (False, True):
                 out = Path(tempfile.mkdtemp(prefix="crm-bench-gc-out-"))
-                # ApiServer passes os.environ on to `crm api` and its workers
-                os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(hook_dir), saved["PYTHONPATH"]])),
-                                  CRM_BENCH_NO_FREEZE="0" if frozen else "1", CRM_BENCH_GC_DIR=str(out))
-                with ApiServer(url, args.workers) as server:
+                hook = {"PYTHONPATH": pythonpath, "CRM_BENCH_NO_FREEZE": "0" if frozen else "1",
+                        "CRM_BENCH_GC_DIR": str(out)}
+                with ApiServer(url, args.workers, env=hook) as server:
                     wrk(server.base, "commands.lua", seconds=2, connections=32)  # warm-up, not reported
                     cpu, since = tree_cpu_seconds(server.process.pid), time.monotonic()
                     load = wrk(server.base, "commands.lua", seconds=args.seconds, connections=32)
@@ -131,11 +126,6 @@ def main() -> None:
                     print(f"    worker: {figures['frozen']:6,} objects frozen, {len(full)} full collections "
                           f"in {args.seconds} s ({spread})", flush=True)
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         shutil.rmtree(hook_dir)
 
 

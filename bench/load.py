@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
 KEY = "bench-admin-key"
 
@@ -38,6 +40,21 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User and system CPU so far of a process and its children (the API's master and workers)."""
+    children = psutil.Process(pid).children(recursive=True)
+    return cpu_s(pid) + sum(cpu_s(child.pid) for child in children)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,12 +62,13 @@ def free_port() -> int:
 
 
 class ApiServer:
-    """`crm api --workers N` on a free port, against the given database; a context manager."""
+    """`crm api --workers N` on a free port, against the given database; a context manager. `env`:
+    more environment for `crm api` and its workers (on top of this process's)."""
 
-    def __init__(self, database_url: str, workers: int) -> None:
+    def __init__(self, database_url: str, workers: int, env: dict[str, str] | None = None) -> None:
         self.port, self.workers = free_port(), workers
         env = {**os.environ, "CRM_DATABASE_URL": database_url, "CRM_API_KEYS": f"{KEY}=admin",
-               "CRM_HTTP_PORT": str(self.port), "CRM_KAFKA_BOOTSTRAP": "off"}
+               "CRM_HTTP_PORT": str(self.port), "CRM_KAFKA_BOOTSTRAP": "off", **(env or {})}
         crm = Path(sys.executable).with_name("crm")
         self.process = subprocess.Popen([str(crm), "--log-level", "WARNING", "api", "--workers", str(workers)],
                                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

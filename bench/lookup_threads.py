@@ -14,26 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from pathlib import Path
 
-import psutil
 from psycopg_pool import ConnectionPool
 
-from bench.load import ApiServer, customer_ids_file, wrk, wrk_available
-from bench.soak import cpu_s
-from bench.workload import write_history
-from crm.infra.event_store import open_event_store
+from bench.load import ApiServer, customer_ids_file, tree_cpu_seconds, wrk, wrk_available
+from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
-from crm.infra.postgres import start_embedded
 from crm.infra.rebuild import rebuild
 from crm.projections import PROJECTIONS
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User and system CPU so far of a process and its children (the API's master and workers)."""
-    children = psutil.Process(pid).children(recursive=True)
-    return cpu_s(pid) + sum(cpu_s(child.pid) for child in children)
 
 
 def main() -> None:
@@ -47,9 +35,7 @@ def main() -> None:
     if not wrk_available():
         raise SystemExit("wrk is missing (apt-get install wrk)")
     configure_logging("WARNING", json=True)
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-lookups-")))
-    store = open_event_store(url)
-    write_history(store, args.customers)
+    url, store, _ = fresh_history("lookups", args.customers)
     for name in PROJECTIONS:
         rebuild(store, url, name)
     pool = ConnectionPool(url, min_size=1, max_size=2, kwargs={"options": "-c TimeZone=UTC"})
@@ -59,8 +45,7 @@ def main() -> None:
             # Every other round in reverse order (A B, B A, ...): the machine's speed drifts between
             # runs, and a fixed order would hand the drift to whichever value runs second.
             for threads in args.threads if round_ % 2 else args.threads[::-1]:
-                os.environ["CRM_API_LOOKUP_THREADS"] = str(threads)  # ApiServer passes os.environ on
-                with ApiServer(url, args.workers) as server:
+                with ApiServer(url, args.workers, env={"CRM_API_LOOKUP_THREADS": str(threads)}) as server:
                     wrk(server.base, "queries.lua", seconds=2, connections=32,  # warm-up, not reported
                         env={"CRM_BENCH_IDS": ids})
                     before = tree_cpu_seconds(server.process.pid)

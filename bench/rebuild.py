@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import timeit
 from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 from uuid import uuid4
 
-from bench.workload import write_history
-from crm.infra.event_store import open_event_store
+from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
-from crm.infra.postgres import start_embedded
 from crm.infra.rebuild import rebuild
 from crm.projections.base import _plain, as_json
 
@@ -47,9 +43,7 @@ def main() -> None:
     configure_logging("WARNING", json=True)
     print(f"as_json: {micros(lambda: as_json(DETAILS)):.1f} µs; json.dumps(default=_plain, sort_keys=True): "
           f"{micros(lambda: json.dumps(DETAILS, default=_plain, sort_keys=True)):.1f} µs (a complaint step's details)")
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-rebuild-")))
-    store = open_event_store(url)
-    head = write_history(store, args.customers)
+    url, store, head = fresh_history("rebuild", args.customers)
     rates, cpus = [], []
     for _ in range(args.repeat):
         cpu = time.process_time()

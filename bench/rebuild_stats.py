@@ -14,18 +14,14 @@ and cost, not HTTP throughput (BENCHMARKS.md has the wrk pairs).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from datetime import date
-from pathlib import Path
 
 from psycopg_pool import ConnectionPool
 
 import crm.infra.rebuild as rebuilds
-from bench.workload import write_history
-from crm.infra.event_store import open_event_store
+from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
-from crm.infra.postgres import start_embedded
 from crm.infra.read_store import PgReadStore
 from crm.projections import PROJECTIONS
 from crm.queries.customers import customer_360
@@ -38,9 +34,7 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=500)
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-rebuild-stats-")))
-    store = open_event_store(url)
-    write_history(store, args.customers)
+    url, store, _ = fresh_history("rebuild-stats", args.customers)
     analyze = rebuilds._analyze
     pool = ConnectionPool(url, min_size=1, max_size=2, kwargs={"options": "-c TimeZone=UTC"})
     reads, today = PgReadStore(pool), date.today()

@@ -44,7 +44,7 @@ import psutil
 import uvloop
 from psycopg_pool import ConnectionPool
 
-from bench.load import KEY, ApiServer
+from bench.load import KEY, ApiServer, cpu_s
 from bench.run import _cores, _cpu
 from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
@@ -225,14 +225,6 @@ def postgres_pids(workdir: Path) -> list[int]:
 def machine_busy_s() -> float:
     times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        times = psutil.Process(pid).cpu_times()
-        return times.user + times.system
-    except psutil.NoSuchProcess:
-        return 0.0
 
 
 async def sample(http: Http, store: Any, reads: PgReadStore, roles: dict[int, str], soak: Soak, t: float) -> dict[str, Any]:

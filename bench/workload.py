@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import random
+import tempfile
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 from crm.aggregates.complaint import Complaint
 from crm.aggregates.customer import Customer
 from crm.aggregates.order import Order
 from crm.aggregates.product import Product
 from crm.aggregates.sla import DEFAULT_SLA_POLICY
-from crm.infra.event_store import CrmEventStore, insert_in_safe_calls
+from crm.infra.event_store import CrmEventStore, insert_in_safe_calls, open_event_store
+from crm.infra.postgres import start_embedded
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def fresh_history(name: str, customers: int) -> tuple[str, CrmEventStore, int]:
+    """A fresh embedded PostgreSQL (under a temp dir named for the benchmark) holding the history of
+    `write_history` for `customers` customers: (url, event store, head position)."""
+    url = start_embedded(Path(tempfile.mkdtemp(prefix=f"crm-bench-{name}-")))
+    store = open_event_store(url)
+    return url, store, write_history(store, customers)
 
 
 def write_history(store: CrmEventStore, customers: int, *, seed: int = 7, per_save: int = 50) -> int:
