@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.load import KEY, ApiServer, tree_cpu_seconds, wrk, wrk_available
+from bench.load import KEY, ApiServer, measured, wrk, wrk_available
 from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
 
@@ -111,13 +111,12 @@ def main() -> None:
                         "CRM_BENCH_GC_DIR": str(out)}
                 with ApiServer(url, args.workers, env=hook) as server:
                     wrk(server.base, "commands.lua", seconds=2, connections=32)  # warm-up, not reported
-                    cpu, since = tree_cpu_seconds(server.process.pid), time.monotonic()
-                    load = wrk(server.base, "commands.lua", seconds=args.seconds, connections=32)
-                    cpu = tree_cpu_seconds(server.process.pid) - cpu
+                    since = time.monotonic()
+                    load = measured(server, "commands.lua", seconds=args.seconds, connections=32)
                     until = time.monotonic()
                 print(f"round {round_}, {'frozen    ' if frozen else 'not frozen'}: {load.per_s:7,.0f} commands/s, "
                       f"p50 {load.p50_ms:6.1f} ms, p99 {load.p99_ms:6.1f} ms, {load.failures} failed, API CPU "
-                      f"{1000 * cpu / (load.per_s * args.seconds):.2f} ms per command", flush=True)
+                      f"{load.api_cpu_ms:.2f} ms per command", flush=True)
                 reports = [json.loads(f.read_text()) for f in sorted(out.glob("*.json"))]
                 shutil.rmtree(out)
                 for figures in (r for r in reports if r["worker"]):  # not `crm api`'s supervisor and helpers

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -28,12 +28,15 @@ KEY = "bench-admin-key"
 
 @dataclass(frozen=True)
 class Load:
-    """One wrk run: requests per second, latency percentiles, failures."""
+    """One wrk run: requests per second, latency percentiles, failures; from `http_figures`, also
+    the CPU per request of the API processes and of PostgreSQL."""
 
     per_s: float
     p50_ms: float
     p99_ms: float
     failures: int
+    api_cpu_ms: float | None = None
+    pg_cpu_ms: float | None = None
 
 
 def wrk_available() -> bool:
@@ -53,6 +56,14 @@ def tree_cpu_seconds(pid: int) -> float:
     """User and system CPU so far of a process and its children (the API's master and workers)."""
     children = psutil.Process(pid).children(recursive=True)
     return cpu_s(pid) + sum(cpu_s(child.pid) for child in children)
+
+
+def postgres_pids(workdir: Path) -> list[int]:
+    """A benchmark's own PostgreSQL server (its postmaster runs with -D under workdir) and its backends."""
+    for proc in psutil.process_iter(["cmdline"]):
+        if str(workdir) in " ".join(proc.info["cmdline"] or ()) and "postgres" in proc.name():
+            return [proc.pid, *(child.pid for child in proc.children(recursive=True))]
+    return []
 
 
 def free_port() -> int:
@@ -121,21 +132,35 @@ def customer_ids_file(pool, limit: int = 10_000) -> str:  # type: ignore[no-unty
     return path
 
 
-def http_figures(database_url: str, pool, workers: tuple[int, ...], seconds: int, connections: int  # type: ignore[no-untyped-def]
-                 ) -> dict[int, dict[str, Load]]:
-    """Per worker count: raw baseline, queries (read models must be caught up), then commands."""
+def http_figures(database_url: str, pool, workers: tuple[int, ...], seconds: int, connections: int,  # type: ignore[no-untyped-def]
+                 postgres_dir: Path) -> dict[int, dict[str, Load]]:
+    """Per worker count: raw baseline, queries (read models must be caught up), then commands. Each
+    with the CPU per request, user and system, of `crm api` (its supervisor and workers) and of
+    the PostgreSQL server whose data lives under `postgres_dir` (postmaster and backends)."""
     ids = customer_ids_file(pool)
     figures: dict[int, dict[str, Load]] = {}
     try:
         for count in workers:
             with ApiServer(database_url, count) as server:
                 wrk(server.base, "raw.lua", seconds=2, connections=connections)  # warm-up, not reported
-                figures[count] = {
-                    "raw": wrk(server.base, "raw.lua", seconds=seconds, connections=connections),
-                    "queries": wrk(server.base, "queries.lua", seconds=seconds, connections=connections,
-                                   env={"CRM_BENCH_IDS": ids}),
-                    "commands": wrk(server.base, "commands.lua", seconds=seconds, connections=connections),
-                }
+                figures[count] = {kind: measured(server, script, postgres_dir, seconds=seconds, connections=connections,
+                                                 env={"CRM_BENCH_IDS": ids})
+                                  for kind, script in (("raw", "raw.lua"), ("queries", "queries.lua"),
+                                                       ("commands", "commands.lua"))}
     finally:
         os.unlink(ids)
     return figures
+
+
+def measured(server: ApiServer, script: str, postgres_dir: Path | None = None, *, seconds: int,
+             connections: int, env: dict[str, str] | None = None) -> Load:
+    """One wrk run with the CPU per request it cost the API processes and, given its data dir,
+    PostgreSQL (psutil: the CPU of the processes alive at the end, less theirs at the start)."""
+    pg_pids = (lambda: postgres_pids(postgres_dir)) if postgres_dir is not None else list
+    api, pg = tree_cpu_seconds(server.process.pid), {pid: cpu_s(pid) for pid in pg_pids()}
+    load = wrk(server.base, script, seconds=seconds, connections=connections, env=env)
+    api = tree_cpu_seconds(server.process.pid) - api
+    pg_cpu = sum(cpu_s(pid) - pg.get(pid, 0.0) for pid in pg_pids())
+    requests = load.per_s * seconds
+    return replace(load, api_cpu_ms=1000 * api / requests,
+                   pg_cpu_ms=1000 * pg_cpu / requests if postgres_dir is not None else None)

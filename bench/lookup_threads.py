@@ -17,7 +17,7 @@ import os
 
 from psycopg_pool import ConnectionPool
 
-from bench.load import ApiServer, customer_ids_file, tree_cpu_seconds, wrk, wrk_available
+from bench.load import ApiServer, customer_ids_file, measured, wrk, wrk_available
 from bench.workload import fresh_history
 from crm.infra.logging import configure_logging
 from crm.infra.rebuild import rebuild
@@ -48,13 +48,11 @@ def main() -> None:
                 with ApiServer(url, args.workers, env={"CRM_API_LOOKUP_THREADS": str(threads)}) as server:
                     wrk(server.base, "queries.lua", seconds=2, connections=32,  # warm-up, not reported
                         env={"CRM_BENCH_IDS": ids})
-                    before = tree_cpu_seconds(server.process.pid)
-                    load = wrk(server.base, "queries.lua", seconds=args.seconds, connections=32,
-                               env={"CRM_BENCH_IDS": ids})
-                    cpu = tree_cpu_seconds(server.process.pid) - before
+                    load = measured(server, "queries.lua", seconds=args.seconds, connections=32,
+                                    env={"CRM_BENCH_IDS": ids})
                 print(f"round {round_}, {threads:3d} lookup threads: {load.per_s:7,.0f}/s, p50 {load.p50_ms:6.1f} ms, "
                       f"p99 {load.p99_ms:6.1f} ms, {load.failures} failed, API CPU "
-                      f"{1000 * cpu / (load.per_s * args.seconds):.2f} ms per request", flush=True)
+                      f"{load.api_cpu_ms:.2f} ms per request", flush=True)
     finally:
         os.unlink(ids)
 

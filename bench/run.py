@@ -78,7 +78,8 @@ def main() -> None:
                         help="customers in the re-tier benchmark (0 skips it; its setup takes minutes)")
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
-    url = start_embedded(Path(tempfile.mkdtemp(prefix="crm-bench-")))
+    workdir = Path(tempfile.mkdtemp(prefix="crm-bench-"))
+    url = start_embedded(workdir)
     store = open_event_store(url)
     results: dict[str, object] = {key: None for key in KEYS}
     rows: list[tuple[str, str, str]] = []
@@ -102,7 +103,8 @@ def main() -> None:
 
     pool = ConnectionPool(url, min_size=1, max_size=4, kwargs={"options": "-c TimeZone=UTC"})
     if args.http_seconds and wrk_available():  # the rebuilds left every read model at the head
-        by_workers = http_figures(url, pool, workers=(1, 2, 3), seconds=args.http_seconds, connections=32)
+        by_workers = http_figures(url, pool, workers=(1, 2, 3), seconds=args.http_seconds, connections=32,
+                                  postgres_dir=workdir)
         for kind, key in (("commands", "commands"), ("queries", "queries")):
             best = max(by_workers, key=lambda w: by_workers[w][kind].per_s)
             load, raw_load = by_workers[best][kind], by_workers[best]["raw"]
@@ -116,7 +118,8 @@ def main() -> None:
                 rows.append((f"http {kind}, {workers} API process{'es' if workers > 1 else ''}",
                              f"{load.per_s:,.0f}/s", f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, "
                              f"{load.failures} failed; {load.per_s / base:.2f} × "
-                             f"{'pg_raw' if kind == 'commands' else 'http raw'}"))
+                             f"{'pg_raw' if kind == 'commands' else 'http raw'}; CPU per request: API "
+                             f"{load.api_cpu_ms:.2f} ms, PostgreSQL {load.pg_cpu_ms:.2f} ms"))
     by_shards: dict[int, list[float]] = {1: [], 2: []}
     for repeat in range(args.repeat):  # the order alternates: the machine drifts between runs
         for shards in (1, 2) if repeat % 2 == 0 else (2, 1):

@@ -44,7 +44,7 @@ import psutil
 import uvloop
 from psycopg_pool import ConnectionPool
 
-from bench.load import KEY, ApiServer, cpu_s
+from bench.load import KEY, ApiServer, cpu_s, postgres_pids
 from bench.run import _cores, _cpu
 from crm.infra.event_store import open_event_store
 from crm.infra.logging import configure_logging
@@ -212,14 +212,6 @@ def rss_mib(pid: int) -> float | None:
         return psutil.Process(pid).memory_info().rss / 2**20
     except psutil.NoSuchProcess:
         return None
-
-
-def postgres_pids(workdir: Path) -> list[int]:
-    """The soak's own PostgreSQL server (its postmaster runs with -D under workdir) and its backends."""
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(workdir) in " ".join(proc.info["cmdline"] or ()) and "postgres" in proc.name():
-            return [proc.pid, *(child.pid for child in proc.children(recursive=True))]
-    return []
 
 
 def machine_busy_s() -> float:
